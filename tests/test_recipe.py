@@ -1,0 +1,110 @@
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vqaudio.errors import VQAudioError
+from vqaudio.recipe import apply_overrides, dump_recipe, load_recipe, validate_recipe
+
+from conftest import tiny_dict
+
+
+def write(tmp_path, data, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_every_shipped_recipe_is_valid():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+    assert {p.stem for p in recipes} >= {"demo", "vctk"}
+    for path in recipes:
+        assert load_recipe(path).name == path.stem
+
+
+def test_paper_recipe_follows_the_paper():
+    from pathlib import Path
+
+    r = load_recipe(Path(__file__).parents[1] / "recipes" / "vctk.yaml")
+    assert r.data.sample_rate == 16000
+    assert r.model.encoder.downsample_layers == 6 and r.model.encoder.kernel_size == 4 and r.hop == 64
+    assert r.model.quantizer.codebook_size == 512 and r.model.quantizer.beta == 0.25
+    assert r.model.decoder.speaker_dim > 0 and r.model.decoder.quantization_channels == 256
+
+
+def test_misspelled_key_names_key_file_and_suggestion(tmp_path):
+    data = tiny_dict()
+    data["train"]["bach_size"] = data["train"].pop("batch_size")
+    path = write(tmp_path, data)
+    with pytest.raises(VQAudioError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert str(path) in message and "train.bach_size" in message and "train.batch_size" in message
+    assert "\n" not in message
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    path = write(tmp_path, tiny_dict(train={"steps": "many"}))
+    with pytest.raises(VQAudioError, match=r"train\.steps.*integer"):
+        load_recipe(path)
+
+
+def test_missing_required_value(tmp_path):
+    data = tiny_dict()
+    del data["train"]["steps"]
+    with pytest.raises(VQAudioError, match=r"missing required key 'train\.steps'"):
+        load_recipe(write(tmp_path, data))
+
+
+def test_real_corpus_needs_a_root(tmp_path):
+    with pytest.raises(VQAudioError, match=r"data\.root is required"):
+        load_recipe(write(tmp_path, tiny_dict(data={"kind": "vctk"})))
+
+
+def test_crop_must_fit_the_hop(tmp_path):
+    with pytest.raises(VQAudioError, match="multiple of the hop"):
+        load_recipe(write(tmp_path, tiny_dict(data={"crop_samples": 500})))
+
+
+def test_overrides_are_typed_and_nested(tmp_path):
+    path = write(tmp_path, tiny_dict())
+    r = load_recipe(path, ["train.batch_size=8", "data.root=/data/VCTK-Corpus-0.92", "data.kind=vctk", "train.lr=1e-3"])
+    assert r.train.batch_size == 8 and r.data.root == "/data/VCTK-Corpus-0.92" and r.train.lr == 1e-3
+
+
+def test_override_with_unknown_key_blames_the_override(tmp_path):
+    with pytest.raises(VQAudioError, match=r"^override train\.stepz: unknown key"):
+        load_recipe(write(tmp_path, tiny_dict()), ["train.stepz=3"])
+
+
+def test_override_without_equals_sign(tmp_path):
+    with pytest.raises(VQAudioError, match="expected KEY=VALUE"):
+        load_recipe(write(tmp_path, tiny_dict()), ["train.steps"])
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    with pytest.raises(VQAudioError, match="not valid YAML at line"):
+        load_recipe(write(tmp_path, "name: x\n  bad: [1,\n"))
+    with pytest.raises(VQAudioError, match="no such recipe file"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_dumped_recipe_reloads_identically(tmp_path):
+    r = validate_recipe(tiny_dict(), "tiny")
+    again = load_recipe(write(tmp_path, dump_recipe(r)))
+    assert again == r
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    key=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_.", min_size=1, max_size=20),
+    value=st.one_of(st.integers(), st.floats(allow_nan=False), st.text(max_size=10), st.booleans()),
+)
+def test_any_override_either_validates_or_gives_a_one_line_error(key, value):
+    try:
+        data, _ = apply_overrides(tiny_dict(), [f"{key}={value}"])
+        validate_recipe(data, "tiny.yaml", {key})
+    except VQAudioError as exc:
+        assert "\n" not in str(exc)

@@ -1,0 +1,239 @@
+"""Turning audio into codes and codes into audio with a trained audio VQ-VAE.
+
+Codes are stored as a plain integer `.npy` (readable with `allow_pickle=False`) plus a JSON
+sidecar `CODES.npy.json` that records which model made them and how to turn them back into a
+waveform of the original length.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vqaudio.audio.io import read_audio, write_wav
+from vqaudio.errors import VQAudioError
+from vqaudio.fileio import atomic_output, check_writable
+from vqaudio.models.audio_vqvae import AudioVQVAE
+from vqaudio.recipe import validate_recipe
+from vqaudio.train.checkpoint import load_checkpoint
+
+SIDECAR_FORMAT = "vqaudio-codes"
+SIDECAR_VERSION = 1
+
+
+@dataclass
+class Codec:
+    """A trained audio VQ-VAE with what is needed to use it as a codec."""
+
+    model: AudioVQVAE
+    checkpoint: Path
+    fingerprint: str
+    step: int
+    sample_rate: int
+    speakers: list[str]
+    recipe: dict[str, Any]
+    device: torch.device
+
+    @property
+    def hop(self) -> int:
+        return self.model.hop
+
+    @property
+    def codebook_size(self) -> int:
+        return self.model.codebook_size
+
+    @property
+    def bitrate(self) -> float:
+        return self.sample_rate / self.hop * float(np.log2(self.codebook_size))
+
+    def speaker_index(self, speaker: str | int | None) -> int:
+        """Accept an index ('3', 3) or a name ('p225'); None means speaker 0."""
+        if speaker is None:
+            return 0
+        text = str(speaker)
+        if text in self.speakers:
+            return self.speakers.index(text)
+        if text.lstrip("-").isdigit():
+            index = int(text)
+            if 0 <= index < len(self.speakers):
+                return index
+            raise VQAudioError(f"--speaker {index}: out of range; this model has speakers 0..{len(self.speakers) - 1}")
+        shown = ", ".join(self.speakers[:12]) + (" ..." if len(self.speakers) > 12 else "")
+        raise VQAudioError(f"--speaker {text!r}: not a speaker of this model (it knows {shown})")
+
+
+def load_codec(checkpoint: str | Path, device: torch.device) -> Codec:
+    """Rebuild the model from a checkpoint's own recipe and weights."""
+    payload = load_checkpoint(checkpoint)
+    if payload.get("kind") != "audio_vqvae":
+        raise VQAudioError(f"{checkpoint}: a {payload.get('kind')} checkpoint, not an audio VQ-VAE")
+    recipe = validate_recipe(payload["recipe"], f"{checkpoint} (embedded recipe)")
+    meta = payload["metadata"]
+    model = AudioVQVAE(recipe.model, num_speakers=len(meta["speakers"]))
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise VQAudioError(f"{checkpoint}: weights do not fit the recipe stored with them ({str(exc).splitlines()[0]})") from None
+    model.to(device).eval()
+    return Codec(
+        model=model,
+        checkpoint=Path(checkpoint),
+        fingerprint=payload["fingerprint"],
+        step=int(payload["step"]),
+        sample_rate=int(meta["sample_rate"]),
+        speakers=list(meta["speakers"]),
+        recipe=payload["recipe"],
+        device=device,
+    )
+
+
+def encode_audio(codec: Codec, audio: np.ndarray) -> np.ndarray:
+    """Mono float audio at the model rate -> codes [frames], padding the end to a whole frame."""
+    frames = max(1, -(-audio.size // codec.hop))
+    padded = np.zeros(frames * codec.hop, dtype=np.float32)
+    padded[: audio.size] = audio
+    with torch.no_grad():
+        codes = codec.model.encode(torch.from_numpy(padded)[None].to(codec.device))
+    return codes[0].cpu().numpy().astype(np.int16 if codec.codebook_size <= 32768 else np.int32)
+
+
+def encode_file(codec: Codec, source: Path, target: Path, speaker: str | int | None = None, force: bool = False) -> dict[str, Any]:
+    """Encode `source` to `target` (.npy) and its sidecar; returns the sidecar."""
+    sidecar_path = sidecar_for(target)
+    check_writable(target, force)
+    check_writable(sidecar_path, force)
+    audio = read_audio(source, codec.sample_rate)
+    codes = encode_audio(codec, audio)
+    if speaker is None:
+        speaker = guess_speaker(source, codec.speakers)
+    speaker_index = codec.speaker_index(speaker) if speaker is not None else None
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "version": SIDECAR_VERSION,
+        "fingerprint": codec.fingerprint,
+        "sample_rate": codec.sample_rate,
+        "hop": codec.hop,
+        "codebook_size": codec.codebook_size,
+        "speaker": codec.speakers[speaker_index] if speaker_index is not None else None,
+        "speaker_index": speaker_index,
+        "num_samples": int(audio.size),
+        "shape": list(codes.shape),
+        "source": str(source),
+    }
+    with atomic_output(target, force=True) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, codes, allow_pickle=False)
+    with atomic_output(sidecar_path, force=True) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+    return sidecar
+
+
+def guess_speaker(source: Path, speakers: list[str]) -> str | None:
+    """A known speaker named by the file's folder (`p225/x.wav`) or name prefix (`p225_003.wav`)."""
+    for candidate in (source.parent.name, source.stem.split("_")[0]):
+        if candidate in speakers:
+            return candidate
+    return None
+
+
+def sidecar_for(codes_path: Path) -> Path:
+    return codes_path.with_name(codes_path.name + ".json")
+
+
+def read_codes(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Load a codes file and its sidecar, checking both are well formed."""
+    if not path.exists():
+        raise VQAudioError(f"{path}: no such codes file")
+    try:
+        codes = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise VQAudioError(f"{path}: not a readable .npy codes file ({str(exc).splitlines()[0][:120]})") from None
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise VQAudioError(f"{path}: codes must be integers, found dtype {codes.dtype}")
+    if codes.ndim != 1 or codes.size == 0:
+        raise VQAudioError(f"{path}: codes must be a non-empty 1-D array, found shape {codes.shape}")
+    side = sidecar_for(path)
+    if not side.exists():
+        raise VQAudioError(f"{side}: missing; the codes file needs the sidecar vqaudio encode wrote beside it")
+    try:
+        sidecar = json.loads(side.read_text())
+    except (ValueError, OSError) as exc:
+        raise VQAudioError(f"{side}: not valid JSON ({exc})") from None
+    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
+        raise VQAudioError(f"{side}: not a vqaudio codes sidecar")
+    if sidecar.get("version") != SIDECAR_VERSION:
+        raise VQAudioError(f"{side}: sidecar version {sidecar.get('version')} is not supported (expected {SIDECAR_VERSION})")
+    needed = ("fingerprint", "sample_rate", "hop", "codebook_size", "num_samples")
+    missing = [k for k in needed if k not in sidecar]
+    if missing:
+        raise VQAudioError(f"{side}: missing {', '.join(missing)}")
+    return codes, sidecar
+
+
+def check_compatible(codec: Codec, codes: np.ndarray, sidecar: dict[str, Any], path: Path) -> None:
+    """Refuse codes made by another model, or codes outside the codebook."""
+    if sidecar["codebook_size"] != codec.codebook_size:
+        raise VQAudioError(
+            f"{path}: codes are for a codebook of {sidecar['codebook_size']}, "
+            f"but {codec.checkpoint} has K = {codec.codebook_size}; decode with the model that encoded them"
+        )
+    if sidecar["fingerprint"] != codec.fingerprint:
+        raise VQAudioError(
+            f"{path}: made by model {sidecar['fingerprint']}, but {codec.checkpoint} is model {codec.fingerprint}; "
+            "pass -c with the checkpoint that encoded them"
+        )
+    if sidecar["hop"] != codec.hop or sidecar["sample_rate"] != codec.sample_rate:
+        raise VQAudioError(f"{path}: sidecar hop/sample rate do not match {codec.checkpoint}")
+    if codes.min() < 0 or codes.max() >= codec.codebook_size:
+        raise VQAudioError(f"{path}: codes must lie in 0..{codec.codebook_size - 1}, found {codes.min()}..{codes.max()}")
+    expected_frames = max(1, -(-int(sidecar["num_samples"]) // codec.hop))
+    if codes.size != expected_frames:
+        raise VQAudioError(
+            f"{path}: {codes.size} codes but the sidecar's num_samples needs {expected_frames}; the files do not belong together"
+        )
+
+
+def decode_codes(
+    codec: Codec,
+    codes: np.ndarray,
+    speaker: int,
+    num_samples: int | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Codes [frames] -> float32 audio, trimmed to `num_samples` when given."""
+    generator = torch.Generator(device=codec.device).manual_seed(seed)
+    tensor = torch.as_tensor(codes.astype(np.int64))[None].to(codec.device)
+    spk = torch.tensor([speaker], device=codec.device)
+    audio = codec.model.decode(tensor, spk, temperature=temperature, generator=generator, on_progress=on_progress)
+    audio = audio[0].float().cpu().numpy()
+    return audio[:num_samples] if num_samples is not None else audio
+
+
+def decode_file(
+    codec: Codec,
+    source: Path,
+    target: Path,
+    speaker: str | int | None = None,
+    force: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Decode a codes file to a wav at the model's rate with the original length; returns a summary."""
+    check_writable(target, force)
+    codes, sidecar = read_codes(source)
+    check_compatible(codec, codes, sidecar, source)
+    if speaker is None:
+        speaker = sidecar.get("speaker") or sidecar.get("speaker_index")
+    index = codec.speaker_index(speaker)
+    audio = decode_codes(codec, codes, index, int(sidecar["num_samples"]), temperature, seed, on_progress)
+    write_wav(target, audio, codec.sample_rate, force=force)
+    return {"speaker": codec.speakers[index], "num_samples": int(audio.size), "sample_rate": codec.sample_rate}

@@ -1,0 +1,1 @@
+"""Corpora: where utterances come from, their speakers, caching, held-out split and batches."""

@@ -1,0 +1,55 @@
+"""`vqaudio info`: what a checkpoint holds, in a form a person reads."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from vqaudio.train.checkpoint import load_checkpoint
+
+
+def checkpoint_summary(path: Path) -> dict:
+    """The facts `vqaudio info` prints, as a plain dict (also handy in a notebook)."""
+    payload = load_checkpoint(path)
+    meta = payload.get("metadata", {})
+    summary = {
+        "kind": payload.get("kind"),
+        "step": payload.get("step"),
+        "fingerprint": payload.get("fingerprint"),
+        "recipe": payload.get("recipe"),
+        "speakers": meta.get("speakers", []),
+        "speaker_info": meta.get("speaker_info", {}),
+        "valid": payload.get("valid", {}),
+    }
+    if "hop" in meta:
+        summary.update(
+            sample_rate=meta["sample_rate"],
+            hop=meta["hop"],
+            codebook_size=meta["codebook_size"],
+            bitrate=meta["sample_rate"] / meta["hop"] * math.log2(meta["codebook_size"]),
+        )
+    return summary
+
+
+def describe_checkpoint(path: Path, console: Console) -> None:
+    s = checkpoint_summary(path)
+    console.print(f"[bold]{path}[/]  {s['kind']}, step {s['step']}, fingerprint {s['fingerprint']}")
+    if "hop" in s:
+        console.print(
+            f"sample rate {s['sample_rate']} Hz, downsampling x{s['hop']} "
+            f"({s['sample_rate'] / s['hop']:.1f} codes/s), K = {s['codebook_size']}, "
+            f"bitrate {s['bitrate']:.0f} bit/s"
+        )
+    table = Table("index", "speaker", "details", title=f"{len(s['speakers'])} speakers")
+    for i, name in enumerate(s["speakers"]):
+        details = s["speaker_info"].get(name, {})
+        table.add_row(str(i), name, " ".join(v for v in details.values() if v))
+    console.print(table)
+    if s["valid"]:
+        console.print("last validation: " + "  ".join(f"{k} {v:.4g}" for k, v in s["valid"].items()))
+    console.print("[bold]recipe[/]")
+    console.print(yaml.safe_dump(s["recipe"], sort_keys=False), highlight=False)

@@ -1,0 +1,1 @@
+"""Neural network modules. They hold no I/O: files, progress bars and devices live elsewhere."""

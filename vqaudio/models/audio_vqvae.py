@@ -1,0 +1,115 @@
+"""The audio VQ-VAE: encoder -> vector quantiser -> WaveNet decoder conditioned on the speaker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqaudio.audio.mulaw import mulaw_decode, mulaw_encode, silence_class
+from vqaudio.models.encoder import AudioEncoder
+from vqaudio.models.quantizer import QuantizerOutput, VectorQuantizer
+from vqaudio.models.wavenet import WaveNet
+from vqaudio.recipe import ModelConfig
+
+
+@dataclass
+class AudioVQVAEOutput:
+    logits: torch.Tensor  # [B, 256, T]
+    targets: torch.Tensor  # [B, T] μ-law classes
+    quantizer: QuantizerOutput
+
+
+class AudioVQVAE(nn.Module):
+    """Waveform -> codes at 1/hop of the sample rate -> waveform, as in van den Oord et al. (2017)."""
+
+    def __init__(self, config: ModelConfig, num_speakers: int) -> None:
+        super().__init__()
+        enc, vq, dec = config.encoder, config.quantizer, config.decoder
+        self.encoder = AudioEncoder(enc.channels, vq.dim, enc.downsample_layers, enc.kernel_size, enc.residual_layers)
+        self.quantizer = VectorQuantizer(vq.codebook_size, vq.dim, vq.beta, vq.update, vq.decay, vq.epsilon, vq.data_init)
+        self.hop = self.encoder.hop
+        self.num_speakers = num_speakers
+        self.mu_channels = dec.quantization_channels
+        self.speaker_embedding = nn.Embedding(num_speakers, dec.speaker_dim) if dec.speaker_dim else None
+        # A kernel-3 convolution at the latent rate lets each frame see its neighbours before upsampling.
+        self.cond_net = nn.Sequential(nn.Conv1d(vq.dim, dec.cond_channels, 3, padding=1), nn.ReLU())
+        self.decoder = WaveNet(
+            num_classes=dec.quantization_channels,
+            residual_channels=dec.residual_channels,
+            gate_channels=dec.gate_channels,
+            skip_channels=dec.skip_channels,
+            layers=dec.layers,
+            stacks=dec.stacks,
+            kernel_size=dec.kernel_size,
+            cond_channels=dec.cond_channels,
+            global_channels=dec.speaker_dim,
+            cond_hop=self.hop,
+        )
+
+    @property
+    def codebook_size(self) -> int:
+        return self.quantizer.num_codes
+
+    def _speaker_vector(self, speaker: torch.Tensor) -> torch.Tensor | None:
+        if self.speaker_embedding is None:
+            return None
+        if speaker.min() < 0 or speaker.max() >= self.num_speakers:
+            raise ValueError(f"speaker index out of range 0..{self.num_speakers - 1}")
+        return self.speaker_embedding(speaker)
+
+    def forward(self, audio: torch.Tensor, speaker: torch.Tensor) -> AudioVQVAEOutput:
+        """Teacher-forced pass: audio [B, T] float in [-1, 1], speaker [B] -> logits for every sample."""
+        z_e = self.encoder(audio.unsqueeze(1))
+        quant = self.quantizer(z_e)
+        targets = mulaw_encode(audio, self.mu_channels)
+        inputs = F.pad(targets[:, :-1], (1, 0), value=silence_class(self.mu_channels))
+        logits = self.decoder(inputs, self.cond_net(quant.quantized), self._speaker_vector(speaker))
+        return AudioVQVAEOutput(logits, targets, quant)
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss = -log p(x | z_q) + quantiser terms; returns the loss and the values to log."""
+        out = self(batch["audio"], batch["speaker"])
+        nll = F.cross_entropy(out.logits.float(), out.targets)
+        q = out.quantizer
+        loss = nll + q.loss
+        metrics = {
+            "loss": loss.detach(),
+            "nll": nll.detach(),
+            "commitment": q.commitment_loss,
+            "codebook": q.codebook_loss,
+            "perplexity": q.perplexity,
+            "codes_used": q.codes_used.float(),
+        }
+        return loss, metrics
+
+    @torch.no_grad()
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """Audio [B, T] (T a multiple of the hop) -> codes [B, T / hop]."""
+        return self.quantizer(self.encoder(audio.unsqueeze(1))).codes
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        codes: torch.Tensor,
+        speaker: torch.Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """Codes [B, frames] -> audio [B, frames * hop] by sampling the WaveNet one sample at a time."""
+        cond = self.cond_net(self.quantizer.lookup(codes))
+        classes = self.decoder.generate(
+            codes.shape[1] * self.hop,
+            batch=codes.shape[0],
+            cond=cond,
+            global_cond=self._speaker_vector(speaker),
+            first_input=silence_class(self.mu_channels),
+            temperature=temperature,
+            generator=generator,
+            on_progress=on_progress,
+        )
+        return mulaw_decode(classes, self.mu_channels)

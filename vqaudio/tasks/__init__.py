@@ -1,0 +1,17 @@
+"""Tasks wire a recipe to the training loop: which data, which model, which batches."""
+
+from __future__ import annotations
+
+from vqaudio.data.corpus import ProgressFn
+from vqaudio.errors import VQAudioError
+from vqaudio.recipe import Recipe
+from vqaudio.train.trainer import TrainSetup
+
+
+def build_setup(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainSetup:
+    """The TrainSetup for the recipe's `model.kind`."""
+    if recipe.model.kind == "audio_vqvae":
+        from vqaudio.tasks.audio_vqvae import build_audio_vqvae
+
+        return build_audio_vqvae(recipe, on_progress)
+    raise VQAudioError(f"model.kind {recipe.model.kind!r} has no training task")

@@ -1,0 +1,75 @@
+"""Checkpoint files: written atomically, read with `weights_only=True` (no pickled code ever runs)."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vqaudio.errors import VQAudioError
+from vqaudio.fileio import atomic_output
+
+CHECKPOINT_FORMAT = "vqaudio-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def model_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """A short hash of every weight and buffer: codes are only meaningful to the exact same model."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().to("cpu").contiguous()
+        digest.update(key.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write through a temporary file and rename, so a crash never leaves a half-written checkpoint."""
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
+    with atomic_output(path, force=True) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a vqaudio checkpoint safely; any problem is a one-line VQAudioError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise VQAudioError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        raise VQAudioError(f"{path}: is a folder; give a checkpoint file (runs/.../checkpoints/step_NNNNNN.pt)")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
+        raise VQAudioError(
+            f"{path}: refused to load: it holds objects other than weights ({first[:160]}); "
+            "only load checkpoints written by vqaudio"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise VQAudioError(f"{path}: not a readable checkpoint (truncated or corrupt: {str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise VQAudioError(f"{path}: not a vqaudio checkpoint")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise VQAudioError(
+            f"{path}: checkpoint format version {payload.get('version')} is not supported "
+            f"(this vqaudio reads version {CHECKPOINT_VERSION})"
+        )
+    return payload
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step number in a checkpoint's file name (`step_000500.pt` -> 500)."""
+    return int(path.stem.split("_")[-1])
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob("step_*.pt"), key=checkpoint_step)

@@ -1,0 +1,62 @@
+"""Starting or resuming a training run from a recipe: the function `vqaudio train` calls."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from vqaudio.errors import VQAudioError
+from vqaudio.recipe import Recipe, apply_overrides, dump_recipe, read_yaml, validate_recipe
+from vqaudio.tasks import build_setup
+from vqaudio.train.checkpoint import list_checkpoints, load_checkpoint
+from vqaudio.train.run_dir import create_run_dir, point_latest, resolve_run_dir
+from vqaudio.train.trainer import Trainer, TrainResult
+
+
+def resume_recipe(run_dir: Path, overrides: list[str]) -> Recipe:
+    """The run's saved recipe; only `train.*` keys may be overridden (for example more steps)."""
+    saved = read_yaml(run_dir / "recipe.yaml")
+    data, touched = apply_overrides(saved, overrides)
+    fixed = sorted(k for k in touched if not k.startswith("train."))
+    if fixed:
+        raise VQAudioError(f"--resume: {', '.join(fixed)} cannot change in a resumed run; only train.* keys can")
+    return validate_recipe(data, str(run_dir / "recipe.yaml"), touched)
+
+
+def train(
+    recipe: Recipe,
+    device: torch.device,
+    resume_dir: Path | None = None,
+    show_progress: bool = True,
+    console: Console | None = None,
+) -> TrainResult:
+    """Train `recipe` in a new run folder, or continue the run in `resume_dir`."""
+    console = console or Console(stderr=True)
+    if show_progress:
+        from vqaudio.progress import preparation_bar
+
+        bar = preparation_bar("prepare data")
+    else:
+        bar = nullcontext(None)
+    with bar as on_progress:
+        setup = build_setup(recipe, on_progress)
+    runs_dir = Path(recipe.train.runs_dir)
+    if resume_dir is not None:
+        run_dir = resolve_run_dir(resume_dir)
+        checkpoint = list_checkpoints(run_dir)[-1]
+        payload = load_checkpoint(checkpoint)
+        if payload.get("kind") != setup.kind:
+            raise VQAudioError(f"{checkpoint}: a {payload.get('kind')} checkpoint cannot resume a {setup.kind} run")
+        trainer = Trainer(setup, recipe, run_dir, device, console, show_progress)
+        trainer.load_state(payload)
+        console.print(f"resuming {run_dir} from step {trainer.step}")
+    else:
+        run_dir = create_run_dir(runs_dir, recipe.name, {"kind": setup.kind})
+        trainer = Trainer(setup, recipe, run_dir, device, console, show_progress)
+        console.print(f"run folder: {run_dir}  (device {device})")
+    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    point_latest(runs_dir, run_dir)
+    return trainer.run()
