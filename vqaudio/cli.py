@@ -102,14 +102,14 @@ def decode(
     device: DeviceOpt = "auto",
 ) -> None:
     """Turn codes back into audio with the WaveNet decoder (another --speaker converts the voice)."""
-    from vqaudio.codec import decode_file, load_codec, read_codes
+    from vqaudio.codec import decode_file, load_codec, open_codes
     from vqaudio.device import resolve_device
     from vqaudio.progress import progress_bar
 
     codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
-    codes, _ = read_codes(source)
-    with progress_bar("decode", codes.size * codec.hop, "samples") as update:
-        info = decode_file(codec, source, target, speaker, force, temperature, seed, on_progress=update)
+    request = open_codes(codec, source, target, speaker, force)
+    with progress_bar("decode", request.codes.size * codec.hop, "samples") as update:
+        info = decode_file(codec, request, target, force, temperature, seed, on_progress=update)
     out.print(f"wrote {target} ({info['num_samples'] / info['sample_rate']:.2f} s at {info['sample_rate']} Hz, speaker {info['speaker']})")
 
 

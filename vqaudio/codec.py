@@ -217,23 +217,35 @@ def decode_codes(
     return audio[:num_samples] if num_samples is not None else audio
 
 
-def decode_file(
-    codec: Codec,
-    source: Path,
-    target: Path,
-    speaker: str | int | None = None,
-    force: bool = False,
-    temperature: float = 1.0,
-    seed: int = 0,
-    on_progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Decode a codes file to a wav at the model's rate with the original length; returns a summary."""
+@dataclass
+class DecodeRequest:
+    """Codes checked against the model, with the speaker and length to decode them at."""
+
+    codes: np.ndarray
+    speaker_index: int
+    num_samples: int
+
+
+def open_codes(codec: Codec, source: Path, target: Path, speaker: str | int | None = None, force: bool = False) -> DecodeRequest:
+    """Every check before decoding starts: the output may be written, the codes fit this model."""
     check_writable(target, force)
     codes, sidecar = read_codes(source)
     check_compatible(codec, codes, sidecar, source)
     if speaker is None:
         speaker = sidecar.get("speaker") or sidecar.get("speaker_index")
-    index = codec.speaker_index(speaker)
-    audio = decode_codes(codec, codes, index, int(sidecar["num_samples"]), temperature, seed, on_progress)
+    return DecodeRequest(codes, codec.speaker_index(speaker), int(sidecar["num_samples"]))
+
+
+def decode_file(
+    codec: Codec,
+    request: DecodeRequest,
+    target: Path,
+    force: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Decode checked codes to a wav at the model's rate with the original length; returns a summary."""
+    audio = decode_codes(codec, request.codes, request.speaker_index, request.num_samples, temperature, seed, on_progress)
     write_wav(target, audio, codec.sample_rate, force=force)
-    return {"speaker": codec.speakers[index], "num_samples": int(audio.size), "sample_rate": codec.sample_rate}
+    return {"speaker": codec.speakers[request.speaker_index], "num_samples": int(audio.size), "sample_rate": codec.sample_rate}

@@ -77,6 +77,7 @@ def _fricative(rng: np.random.Generator, rate: int) -> np.ndarray:
     n = int(rng.uniform(0.06, 0.15) * rate)
     low, high = FRICATIVES[rng.choice(list(FRICATIVES))]
     high = min(high, 0.45 * rate)
+    low = min(low, 0.5 * high)  # at low sample rates the band slides down below Nyquist
     b, a = butter(4, [low / (rate / 2), high / (rate / 2)], btype="band")
     noise = lfilter(b, a, rng.standard_normal(n))
     noise /= np.abs(noise).max() + 1e-9

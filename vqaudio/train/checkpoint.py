@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -42,13 +43,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise VQAudioError(f"{path}: no such checkpoint")
     if path.is_dir():
         raise VQAudioError(f"{path}: is a folder; give a checkpoint file (runs/.../checkpoints/step_NNNNNN.pt)")
+    if not zipfile.is_zipfile(path):
+        raise VQAudioError(f"{path}: not a readable checkpoint (not a PyTorch file, or truncated)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f"it references {found.group(1)}" if found else "it holds objects other than weights"
         raise VQAudioError(
-            f"{path}: refused to load: it holds objects other than weights ({first[:160]}); "
-            "only load checkpoints written by vqaudio"
+            f"{path}: refused to load: {what}, which could run code; only load checkpoints written by vqaudio"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         raise VQAudioError(f"{path}: not a readable checkpoint (truncated or corrupt: {str(exc).splitlines()[0][:120]})") from None

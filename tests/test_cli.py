@@ -1,0 +1,166 @@
+"""The command line end to end: train a tiny model, encode real speech, decode it, inspect it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from vqaudio.cli import app
+
+from conftest import tiny_dict
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vqaudio", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny 8 kHz model trained through the CLI in its own working folder."""
+    work = tmp_path_factory.mktemp("cli")
+    (work / "tiny.yaml").write_text(yaml.safe_dump(tiny_dict(data={"sample_rate": 8000})))
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        invoke("train", "tiny.yaml", "train.steps=3", "--quiet", "--device", "cpu")
+    finally:
+        os.chdir(old)
+    checkpoint = sorted((work / "runs" / "tiny").glob("*/checkpoints/step_*.pt"))[-1]
+    return work, checkpoint
+
+
+def test_round_trip_of_a_real_vctk_file(trained, shared_data, tmp_path):
+    _, checkpoint = trained
+    source = shared_data / "vctk_mini" / "wav48" / "p317" / "p317_166.wav"
+    codes_path = tmp_path / "codes.npy"
+    invoke("encode", str(source), str(codes_path), "-c", str(checkpoint))
+    codes = np.load(codes_path, allow_pickle=False)
+    side = json.loads((tmp_path / "codes.npy.json").read_text())
+    original = sf.info(source)
+    expected_samples = round(original.frames * 8000 / original.samplerate)
+    assert abs(side["num_samples"] - expected_samples) <= 1
+    assert codes.ndim == 1 and codes.size == -(-side["num_samples"] // 8) and codes.dtype.kind == "i"
+    assert side["sample_rate"] == 8000 and side["hop"] == 8 and side["codebook_size"] == 32
+    assert side["version"] == 1 and len(side["fingerprint"]) == 16 and side["speaker"] is None
+    out = tmp_path / "out.wav"
+    invoke("decode", str(codes_path), str(out), "-c", str(checkpoint), "--speaker", "demo1")
+    audio, rate = sf.read(out)
+    assert rate == 8000 and audio.shape == (side["num_samples"],)
+    assert np.abs(audio).max() > 0
+
+
+def test_speaker_by_index_or_name_gives_the_same_audio(trained, tmp_path):
+    _, checkpoint = trained
+    clip = tmp_path / "clip.wav"
+    invoke("demo-clip", str(clip), "--seconds", "0.3", "--sample-rate", "8000")
+    invoke("encode", str(clip), str(tmp_path / "c.npy"), "-c", str(checkpoint), "--speaker", "demo1")
+    assert json.loads((tmp_path / "c.npy.json").read_text())["speaker"] == "demo1"
+    invoke("decode", str(tmp_path / "c.npy"), str(tmp_path / "a.wav"), "-c", str(checkpoint), "--speaker", "1")
+    invoke("decode", str(tmp_path / "c.npy"), str(tmp_path / "b.wav"), "-c", str(checkpoint))  # sidecar's speaker
+    invoke("decode", str(tmp_path / "c.npy"), str(tmp_path / "z.wav"), "-c", str(checkpoint), "--speaker", "demo0")
+    a, b, z = (sf.read(tmp_path / f"{n}.wav")[0] for n in "abz")
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, z)
+
+
+def test_without_checkpoint_the_newest_run_is_used(trained, tmp_path):
+    work, checkpoint = trained
+    clip = tmp_path / "clip.wav"
+    invoke("demo-clip", str(clip), "--seconds", "0.3", "--sample-rate", "8000")
+    result = run_cli("encode", str(clip), str(tmp_path / "c.npy"), cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert f"using checkpoint runs/tiny/{checkpoint.parent.parent.name}/checkpoints/{checkpoint.name}" in result.stderr
+
+
+def test_existing_output_needs_force(trained, tmp_path):
+    _, checkpoint = trained
+    clip = tmp_path / "clip.wav"
+    invoke("demo-clip", str(clip), "--seconds", "0.3", "--sample-rate", "8000")
+    target = tmp_path / "c.npy"
+    target.write_bytes(b"precious")
+    result = run_cli("encode", str(clip), str(target), "-c", str(checkpoint), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "already exists; pass --force" in result.stderr and "Traceback" not in result.stderr
+    assert target.read_bytes() == b"precious"
+    invoke("encode", str(clip), str(target), "-c", str(checkpoint), "--force")
+    assert np.load(target).size > 0
+
+
+def test_codes_from_another_model_are_refused(trained, tmp_path):
+    _, checkpoint = trained
+    clip = tmp_path / "clip.wav"
+    invoke("demo-clip", str(clip), "--seconds", "0.3", "--sample-rate", "8000")
+    invoke("encode", str(clip), str(tmp_path / "c.npy"), "-c", str(checkpoint))
+    side_path = tmp_path / "c.npy.json"
+    side = json.loads(side_path.read_text())
+    side_path.write_text(json.dumps({**side, "fingerprint": "0123456789abcdef"}))
+    result = run_cli("decode", str(tmp_path / "c.npy"), str(tmp_path / "o.wav"), "-c", str(checkpoint), cwd=tmp_path)
+    assert result.returncode == 2 and "made by model 0123456789abcdef" in result.stderr
+    side_path.write_text(json.dumps({**side, "codebook_size": 1024}))
+    result = run_cli("decode", str(tmp_path / "c.npy"), str(tmp_path / "o.wav"), "-c", str(checkpoint), cwd=tmp_path)
+    assert result.returncode == 2 and "codebook of 1024" in result.stderr
+    assert not (tmp_path / "o.wav").exists()
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_out_of_range_codes_are_refused(trained, tmp_path):
+    from vqaudio.codec import check_compatible, load_codec, read_codes
+    from vqaudio.errors import VQAudioError
+
+    _, checkpoint = trained
+    clip = tmp_path / "clip.wav"
+    invoke("demo-clip", str(clip), "--seconds", "0.3", "--sample-rate", "8000")
+    invoke("encode", str(clip), str(tmp_path / "c.npy"), "-c", str(checkpoint))
+    codes = np.load(tmp_path / "c.npy")
+    codes[0] = 32
+    np.save(tmp_path / "c.npy", codes)
+    codec = load_codec(checkpoint, torch.device("cpu"))
+    with pytest.raises(VQAudioError, match=r"codes must lie in 0\.\.31"):
+        check_compatible(codec, *read_codes(tmp_path / "c.npy"), tmp_path / "c.npy")
+
+
+def test_info_reports_bitrate_and_speakers(trained):
+    _, checkpoint = trained
+    result = invoke("info", str(checkpoint))
+    text = " ".join(result.output.split())
+    assert "step 3" in text and "K = 32" in text and "downsampling x8" in text
+    assert "bitrate 5000 bit/s" in text  # 8000 / 8 * log2(32)
+    assert "demo0" in text and "demo1" in text
+
+
+def test_bad_input_is_one_line_and_exit_code_2(trained, tmp_path):
+    _, checkpoint = trained
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(tiny_dict(train={"stepz": 3})))
+    (tmp_path / "noise.wav").write_bytes(b"not audio at all")
+    cases = [
+        (["train", "bad.yaml"], "unknown key 'train.stepz'"),
+        (["train", "missing.yaml"], "no such recipe file"),
+        (["encode", "nothing.wav", "c.npy", "-c", str(checkpoint)], "nothing.wav: no such file"),
+        (["encode", "noise.wav", "c.npy", "-c", str(checkpoint)], "noise.wav: cannot read it as audio"),
+        (["decode", "nothing.npy", "o.wav", "-c", str(checkpoint)], "nothing.npy: no such codes file"),
+        (["info", "bad.yaml"], "bad.yaml: not a readable checkpoint"),
+        (["encode", "noise.wav", "c.npy"], "no audio_vqvae checkpoint under runs/"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "c.npy").exists()
