@@ -164,3 +164,24 @@ def test_bad_input_is_one_line_and_exit_code_2(trained, tmp_path):
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "c.npy").exists()
+
+
+def test_missing_or_edited_sidecar_is_named(trained, tmp_path):
+    from vqaudio.codec import read_codes
+    from vqaudio.errors import VQAudioError
+
+    _, checkpoint = trained
+    clip = tmp_path / "clip.wav"
+    invoke("demo-clip", str(clip), "--seconds", "0.3", "--sample-rate", "8000")
+    invoke("encode", str(clip), str(tmp_path / "c.npy"), "-c", str(checkpoint))
+    side_path = tmp_path / "c.npy.json"
+    side = json.loads(side_path.read_text())
+    side_path.write_text(json.dumps({**side, "num_samples": "2400"}))
+    with pytest.raises(VQAudioError, match="num_samples has the wrong type"):
+        read_codes(tmp_path / "c.npy")
+    side_path.write_text(json.dumps({k: v for k, v in side.items() if k != "hop"}))
+    with pytest.raises(VQAudioError, match="missing hop"):
+        read_codes(tmp_path / "c.npy")
+    side_path.unlink()
+    with pytest.raises(VQAudioError, match=r"c\.npy\.json: missing"):
+        read_codes(tmp_path / "c.npy")

@@ -136,3 +136,24 @@ def test_corrupt_file_in_a_corpus_is_named(tmp_path):
     (tmp_path / "spk" / "broken.wav").write_bytes(b"RIFF not really a wav")
     with pytest.raises(VQAudioError, match=r"broken\.wav: cannot read it as audio"):
         prepare_corpus(DataConfig(kind="folder", root=str(tmp_path)))
+
+
+def test_held_out_cap_still_spreads_over_speakers():
+    corpus = prepare_corpus(DataConfig(kind="demo"))
+    _, valid = heldout_split(corpus, 2, 3)
+    assert len(valid) == 3
+    assert len({corpus.speaker_index[i] for i in valid}) == 3
+
+
+def test_crops_stay_correct_when_memory_maps_are_recycled(shared_data, monkeypatch):
+    from vqaudio.data import corpus as corpus_module
+
+    config = DataConfig(kind="vctk", root=str(shared_data / "vctk_mini"), sample_rate=8000)
+    corpus = prepare_corpus(config)
+    expected = [corpus.crop(i, 100, 50) for i in range(len(corpus))]
+    monkeypatch.setattr(corpus_module, "MAX_OPEN_MAPS", 3)
+    fresh = prepare_corpus(config)
+    for _ in range(2):
+        for i in range(len(fresh)):
+            assert np.array_equal(fresh.crop(i, 100, 50), expected[i])
+    assert len(fresh._maps) <= 3

@@ -73,8 +73,12 @@ def load_codec(checkpoint: str | Path, device: torch.device) -> Codec:
     payload = load_checkpoint(checkpoint)
     if payload.get("kind") != "audio_vqvae":
         raise VQAudioError(f"{checkpoint}: a {payload.get('kind')} checkpoint, not an audio VQ-VAE")
+    missing = [k for k in ("recipe", "metadata", "model", "fingerprint", "step") if k not in payload]
+    meta = payload.get("metadata") or {}
+    missing += [f"metadata.{k}" for k in ("speakers", "sample_rate") if k not in meta]
+    if missing:
+        raise VQAudioError(f"{checkpoint}: incomplete checkpoint (no {', '.join(missing)})")
     recipe = validate_recipe(payload["recipe"], f"{checkpoint} (embedded recipe)")
-    meta = payload["metadata"]
     model = AudioVQVAE(recipe.model, num_speakers=len(meta["speakers"]))
     try:
         model.load_state_dict(payload["model"])
@@ -169,10 +173,15 @@ def read_codes(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         raise VQAudioError(f"{side}: not a vqaudio codes sidecar")
     if sidecar.get("version") != SIDECAR_VERSION:
         raise VQAudioError(f"{side}: sidecar version {sidecar.get('version')} is not supported (expected {SIDECAR_VERSION})")
-    needed = ("fingerprint", "sample_rate", "hop", "codebook_size", "num_samples")
+    needed = {"fingerprint": str, "sample_rate": int, "hop": int, "codebook_size": int, "num_samples": int}
     missing = [k for k in needed if k not in sidecar]
     if missing:
-        raise VQAudioError(f"{side}: missing {', '.join(missing)}")
+        raise VQAudioError(f"{side}: missing {', '.join(missing)}; re-encode the audio with vqaudio encode")
+    wrong = [k for k, kind in needed.items() if not isinstance(sidecar[k], kind) or isinstance(sidecar[k], bool)]
+    if wrong:
+        raise VQAudioError(f"{side}: {', '.join(wrong)} has the wrong type; re-encode the audio with vqaudio encode")
+    if sidecar["num_samples"] < 1:
+        raise VQAudioError(f"{side}: num_samples must be positive")
     return codes, sidecar
 
 

@@ -23,6 +23,7 @@ from vqaudio.errors import VQAudioError
 from vqaudio.recipe import DataConfig
 
 MANIFEST_VERSION = 1
+MAX_OPEN_MAPS = 256
 ProgressFn = Callable[[int, int], None]
 
 
@@ -63,6 +64,8 @@ class AudioCorpus:
         else:
             source = self._maps.get(index)
             if source is None:
+                if len(self._maps) >= MAX_OPEN_MAPS:  # each memory map holds a file descriptor
+                    self._maps.clear()
                 source = self._maps[index] = np.load(self.folder / f"{index:06d}.npy", mmap_mode="r")
             scale = 1.0 / 32768
         piece = np.asarray(source[start : start + length], dtype=np.float32) * scale
@@ -170,13 +173,17 @@ def heldout_split(corpus: AudioCorpus, per_speaker: int, max_total: int) -> tupl
     by_speaker: dict[int, list[int]] = {}
     for i, s in enumerate(corpus.speaker_index):
         by_speaker.setdefault(s, []).append(i)
-    valid: list[int] = []
+    ranked: list[list[int]] = []
     for s in sorted(by_speaker):
         items = by_speaker[s]
         if len(items) >= 3:
-            ranked = sorted(items, key=lambda i: hashlib.sha1(corpus.ids[i].encode()).hexdigest())
-            valid += ranked[: min(per_speaker, len(items) - 2)]
-    valid = sorted(valid)[:max_total]
+            order = sorted(items, key=lambda i: hashlib.sha1(corpus.ids[i].encode()).hexdigest())
+            ranked.append(order[: min(per_speaker, len(items) - 2)])
+    # Round-robin over speakers so that a cap of `max_total` still covers as many speakers as it can.
+    valid: list[int] = []
+    for rank in range(per_speaker):
+        valid += [items[rank] for items in ranked if rank < len(items)]
+    valid = sorted(valid[:max_total])
     chosen = set(valid)
     train = [i for i in range(len(corpus)) if i not in chosen]
     return train, valid

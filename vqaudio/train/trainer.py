@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from vqaudio.errors import TrainingInterrupted
+from vqaudio.errors import TrainingInterrupted, VQAudioError
 from vqaudio.recipe import Recipe, TrainConfig
 from vqaudio.train.checkpoint import list_checkpoints, model_fingerprint, save_checkpoint
 
@@ -176,7 +176,10 @@ class Trainer:
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             loss, metrics = self.model.training_step(batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} at step {self.step}; lower train.lr")
+            raise VQAudioError(
+                f"training diverged: the loss became {loss.item()} at step {self.step} of {self.run_dir}; "
+                "lower train.lr, or resume from its last checkpoint"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
