@@ -78,11 +78,14 @@ def encode(
     device: DeviceOpt = "auto",
 ) -> None:
     """Turn a recording into VQ-VAE codes."""
+    from vqaudio.audio.io import expected_samples
     from vqaudio.codec import encode_file, load_codec
     from vqaudio.device import resolve_device
+    from vqaudio.progress import progress_bar
 
     codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
-    side = encode_file(codec, source, target, speaker=speaker, force=force)
+    with progress_bar("encode", expected_samples(source, codec.sample_rate), "samples") as update:
+        side = encode_file(codec, source, target, speaker=speaker, force=force, on_progress=update)
     seconds = side["num_samples"] / codec.sample_rate
     out.print(
         f"wrote {target} ({side['shape'][0]} codes for {seconds:.2f} s at {codec.bitrate:.0f} bit/s, "
@@ -98,6 +101,9 @@ def decode(
     speaker: Annotated[Optional[str], typer.Option("--speaker", help="index or name; default: the sidecar's")] = None,
     temperature: Annotated[float, typer.Option("--temperature", help="sampling temperature; 0 = most likely")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="random seed for sampling")] = 0,
+    backend: Annotated[
+        str, typer.Option("--backend", help="auto, fast (fused CPU kernel), plain (PyTorch) or cuda-graph")
+    ] = "auto",
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -106,10 +112,12 @@ def decode(
     from vqaudio.device import resolve_device
     from vqaudio.progress import progress_bar
 
+    if backend not in ("auto", "fast", "plain", "cuda-graph"):
+        raise VQAudioError(f"--backend {backend!r}: choose auto, fast, plain or cuda-graph")
     codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
     request = open_codes(codec, source, target, speaker, force)
-    with progress_bar("decode", request.codes.size * codec.hop, "samples") as update:
-        info = decode_file(codec, request, target, force, temperature, seed, on_progress=update)
+    with progress_bar("decode", request.num_samples, "samples") as update:
+        info = decode_file(codec, request, target, force, temperature, seed, on_progress=update, backend=backend)
     out.print(f"wrote {target} ({info['num_samples'] / info['sample_rate']:.2f} s at {info['sample_rate']} Hz, speaker {info['speaker']})")
 
 

@@ -8,7 +8,7 @@ waveform of the original length.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqaudio.audio.io import read_audio, write_wav
+from vqaudio.audio.io import iter_audio, open_wav_writer
 from vqaudio.errors import VQAudioError
 from vqaudio.fileio import atomic_output, check_writable
+from vqaudio.generation.engine import Backend
 from vqaudio.models.audio_vqvae import AudioVQVAE
 from vqaudio.recipe import validate_recipe
 from vqaudio.train.checkpoint import load_checkpoint
@@ -97,6 +98,10 @@ def load_codec(checkpoint: str | Path, device: torch.device) -> Codec:
     )
 
 
+def _codes_dtype(codebook_size: int) -> type:
+    return np.int16 if codebook_size <= 32768 else np.int32
+
+
 def encode_audio(codec: Codec, audio: np.ndarray) -> np.ndarray:
     """Mono float audio at the model rate -> codes [frames], padding the end to a whole frame."""
     frames = max(1, -(-audio.size // codec.hop))
@@ -104,19 +109,77 @@ def encode_audio(codec: Codec, audio: np.ndarray) -> np.ndarray:
     padded[: audio.size] = audio
     with torch.no_grad():
         codes = codec.model.encode(torch.from_numpy(padded)[None].to(codec.device))
-    return codes[0].cpu().numpy().astype(np.int16 if codec.codebook_size <= 32768 else np.int32)
+    return codes[0].cpu().numpy().astype(_codes_dtype(codec.codebook_size))
 
 
-def encode_file(codec: Codec, source: Path, target: Path, speaker: str | int | None = None, force: bool = False) -> dict[str, Any]:
-    """Encode `source` to `target` (.npy) and its sidecar; returns the sidecar."""
+def encode_chunks(
+    codec: Codec,
+    blocks: Iterable[np.ndarray],
+    chunk_frames: int = 2048,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, int]:
+    """Encode audio that arrives in blocks (mono float32 at the model rate) in bounded memory.
+
+    The encoder runs on chunks of `chunk_frames` latent frames, each widened by the encoder's
+    context on both sides, and keeps only the chunk's own frames: the codes equal those of
+    `encode_audio` on the whole signal. Returns (codes, number of samples seen).
+    """
+    hop, ctx = codec.hop, codec.model.encoder.context_frames
+    pending = np.zeros(0, dtype=np.float32)  # samples from absolute index `offset` on
+    offset = 0
+    total = 0
+    done = 0  # frames encoded so far
+    pieces: list[np.ndarray] = []
+
+    def encode_frames(first: int, last: int, final: bool) -> None:
+        lo = max(0, first - ctx)
+        hi = last + ctx
+        if final:
+            hi = min(hi, -(-total // hop))
+        segment = np.zeros((hi - lo) * hop, dtype=np.float32)
+        piece = pending[lo * hop - offset : hi * hop - offset]
+        segment[: piece.size] = piece
+        pieces.append(encode_audio(codec, segment)[first - lo : last - lo])
+
+    for block in blocks:
+        pending = np.concatenate([pending, block.astype(np.float32, copy=False)])
+        total += block.size
+        while (total // hop) - ctx >= done + chunk_frames:
+            encode_frames(done, done + chunk_frames, final=False)
+            done += chunk_frames
+            keep_from = (done - ctx) * hop  # the next chunk's left context starts here
+            pending = pending[keep_from - offset :]
+            offset = keep_from
+            if on_progress is not None:
+                on_progress(done * hop)
+    if total == 0:
+        raise VQAudioError("no audio samples to encode")
+    frames = -(-total // hop)
+    while done < frames:
+        last = min(frames, done + chunk_frames)
+        encode_frames(done, last, final=True)
+        done = last
+    if on_progress is not None:
+        on_progress(total)
+    return np.concatenate(pieces), total
+
+
+def encode_file(
+    codec: Codec,
+    source: Path,
+    target: Path,
+    speaker: str | int | None = None,
+    force: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Encode `source` to `target` (.npy) and its sidecar, streaming the audio; returns the sidecar."""
     sidecar_path = sidecar_for(target)
     check_writable(target, force)
     check_writable(sidecar_path, force)
-    audio = read_audio(source, codec.sample_rate)
-    codes = encode_audio(codec, audio)
     if speaker is None:
         speaker = guess_speaker(source, codec.speakers)
     speaker_index = codec.speaker_index(speaker) if speaker is not None else None
+    codes, num_samples = encode_chunks(codec, iter_audio(source, codec.sample_rate), on_progress=on_progress)
     sidecar = {
         "format": SIDECAR_FORMAT,
         "version": SIDECAR_VERSION,
@@ -126,7 +189,7 @@ def encode_file(codec: Codec, source: Path, target: Path, speaker: str | int | N
         "codebook_size": codec.codebook_size,
         "speaker": codec.speakers[speaker_index] if speaker_index is not None else None,
         "speaker_index": speaker_index,
-        "num_samples": int(audio.size),
+        "num_samples": int(num_samples),
         "shape": list(codes.shape),
         "source": str(source),
     }
@@ -208,6 +271,29 @@ def check_compatible(codec: Codec, codes: np.ndarray, sidecar: dict[str, Any], p
         )
 
 
+def iter_decode_codes(
+    codec: Codec,
+    codes: np.ndarray,
+    speaker: int,
+    num_samples: int | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    backend: Backend = "auto",
+) -> Iterator[np.ndarray]:
+    """Codes [frames] -> successive float32 audio blocks, stopping at `num_samples` when given."""
+    generator = torch.Generator(device=codec.device).manual_seed(seed)
+    tensor = torch.as_tensor(codes.astype(np.int64))[None].to(codec.device)
+    spk = torch.tensor([speaker], device=codec.device)
+    produced = 0
+    for block in codec.model.iter_decode(tensor, spk, temperature, generator, backend):
+        audio = block[0].float().numpy()
+        if num_samples is not None:
+            audio = audio[: max(0, num_samples - produced)]
+        produced += audio.size
+        if audio.size:
+            yield audio
+
+
 def decode_codes(
     codec: Codec,
     codes: np.ndarray,
@@ -215,15 +301,10 @@ def decode_codes(
     num_samples: int | None = None,
     temperature: float = 1.0,
     seed: int = 0,
-    on_progress: Callable[[int], None] | None = None,
+    backend: Backend = "auto",
 ) -> np.ndarray:
     """Codes [frames] -> float32 audio, trimmed to `num_samples` when given."""
-    generator = torch.Generator(device=codec.device).manual_seed(seed)
-    tensor = torch.as_tensor(codes.astype(np.int64))[None].to(codec.device)
-    spk = torch.tensor([speaker], device=codec.device)
-    audio = codec.model.decode(tensor, spk, temperature=temperature, generator=generator, on_progress=on_progress)
-    audio = audio[0].float().cpu().numpy()
-    return audio[:num_samples] if num_samples is not None else audio
+    return np.concatenate(list(iter_decode_codes(codec, codes, speaker, num_samples, temperature, seed, backend)))
 
 
 @dataclass
@@ -253,8 +334,20 @@ def decode_file(
     temperature: float = 1.0,
     seed: int = 0,
     on_progress: Callable[[int], None] | None = None,
+    backend: Backend = "auto",
 ) -> dict[str, Any]:
-    """Decode checked codes to a wav at the model's rate with the original length; returns a summary."""
-    audio = decode_codes(codec, request.codes, request.speaker_index, request.num_samples, temperature, seed, on_progress)
-    write_wav(target, audio, codec.sample_rate, force=force)
-    return {"speaker": codec.speakers[request.speaker_index], "num_samples": int(audio.size), "sample_rate": codec.sample_rate}
+    """Decode checked codes into a wav at the model's rate with the original length.
+
+    Samples are written as they are generated (to a temporary file renamed at the end), so
+    memory does not grow with the length of the recording."""
+    written = 0
+    blocks = iter_decode_codes(
+        codec, request.codes, request.speaker_index, request.num_samples, temperature, seed, backend
+    )
+    with open_wav_writer(target, codec.sample_rate, force=force) as sink:
+        for audio in blocks:
+            sink.write(audio)
+            written += audio.size
+            if on_progress is not None:
+                on_progress(written)
+    return {"speaker": codec.speakers[request.speaker_index], "num_samples": written, "sample_rate": codec.sample_rate}

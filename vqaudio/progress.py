@@ -34,10 +34,8 @@ class _RateColumn(TransferSpeedColumn):
         return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"? {self.unit}/s", style="progress.data.speed")
 
 
-@contextmanager
-def progress_bar(description: str, total: int, unit: str) -> Iterator[Callable[[int], None]]:
-    """Yield `update(done)`; shows done/total, rate in `unit`/s, elapsed and time left."""
-    with Progress(
+def _bar(unit: str) -> Progress:
+    return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
@@ -46,34 +44,33 @@ def progress_bar(description: str, total: int, unit: str) -> Iterator[Callable[[
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-    ) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda done: progress.update(task, completed=done)
+    )
 
 
 @contextmanager
-def preparation_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """Yield `update(done, total)`; the bar appears on the first update (nothing to prepare, no bar)."""
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn("files"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
+def progress_bar(description: str, total: int | None, unit: str) -> Iterator[Callable[..., None]]:
+    """Yield `update(done)`; shows done/total, rate in `unit`/s, elapsed and time left.
+
+    The bar appears at the first update, so an error found before any work prints only itself."""
+    progress = _bar(unit)
     task = None
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, new_total: int | None = None) -> None:
         nonlocal task
         if task is None:
             progress.start()
-            task = progress.add_task(description, total=total)
-        progress.update(task, completed=done, total=total)
+            task = progress.add_task(description, total=new_total or total)
+        progress.update(task, completed=done, total=new_total or total)
 
     try:
         yield update
     finally:
         if task is not None:
             progress.stop()
+
+
+@contextmanager
+def preparation_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """Yield `update(done, total)` for work whose total is known only when it starts."""
+    with progress_bar(description, None, "files") as update:
+        yield update

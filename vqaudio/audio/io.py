@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,70 @@ def read_audio(path: str | Path, target_rate: int) -> np.ndarray:
         raise VQAudioError(f"{path}: contains NaN or infinite samples; fix or re-export the file")
     mono = audio.mean(axis=1)
     return resample(mono, rate, target_rate)
+
+
+def expected_samples(path: str | Path, target_rate: int) -> int | None:
+    """How many samples `iter_audio` will give (for progress bars); None if the header is unreadable."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, OSError):
+        return None
+    return int(round(info.frames * target_rate / info.samplerate))
+
+
+def iter_audio(path: str | Path, target_rate: int, block_seconds: float = 10.0) -> Iterator[np.ndarray]:
+    """Read `path` block by block as mono float32 at `target_rate`, in memory that does not grow
+    with the file's length. The concatenated blocks equal `read_audio(path, target_rate)`:
+    soxr's streaming resampler gives the same samples as its one-shot call."""
+    path = Path(path)
+    if not path.exists():
+        raise VQAudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise VQAudioError(f"{path}: is a folder, not an audio file")
+    try:
+        handle = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise VQAudioError(f"{path}: cannot read it as audio ({detail}); give a wav, flac or ogg file") from exc
+    with handle:
+        rate = handle.samplerate
+        stream = None
+        if rate != target_rate:
+            import soxr
+
+            stream = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality="HQ")
+        seen = 0
+        blocksize = max(1024, int(block_seconds * rate))
+        try:
+            for block in handle.blocks(blocksize=blocksize, dtype="float32", always_2d=True):
+                if not np.isfinite(block).all():
+                    raise VQAudioError(f"{path}: contains NaN or infinite samples; fix or re-export the file")
+                seen += block.shape[0]
+                mono = block.mean(axis=1).astype(np.float32)
+                yield stream.resample_chunk(mono, last=False) if stream is not None else mono
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise VQAudioError(f"{path}: the audio data is damaged after {seen} samples ({exc})") from exc
+        if seen == 0:
+            raise VQAudioError(f"{path}: holds no samples; give a non-empty recording")
+        if stream is not None:
+            yield stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
+
+class _WavSink:
+    def __init__(self, handle: sf.SoundFile) -> None:
+        self._handle = handle
+
+    def write(self, audio: np.ndarray) -> None:
+        self._handle.write(np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0))
+
+
+@contextlib.contextmanager
+def open_wav_writer(path: str | Path, sample_rate: int, force: bool = False) -> Iterator[_WavSink]:
+    """A 16-bit mono wav written block by block into a temporary file, renamed into place when
+    the block ends without error (an interrupted decode leaves no partial output)."""
+    with atomic_output(Path(path), force=force) as tmp:
+        with sf.SoundFile(str(tmp), "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV") as handle:
+            yield _WavSink(handle)
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int, force: bool = False) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqaudio.audio.mulaw import mulaw_decode, mulaw_encode, silence_class
+from vqaudio.generation.engine import Backend, iter_generate
 from vqaudio.models.encoder import AudioEncoder
 from vqaudio.models.quantizer import QuantizerOutput, VectorQuantizer
 from vqaudio.models.wavenet import WaveNet
@@ -37,6 +38,7 @@ class AudioVQVAE(nn.Module):
         self.speaker_embedding = nn.Embedding(num_speakers, dec.speaker_dim) if dec.speaker_dim else None
         # A kernel-3 convolution at the latent rate lets each frame see its neighbours before upsampling.
         self.cond_net = nn.Sequential(nn.Conv1d(vq.dim, dec.cond_channels, 3, padding=1), nn.ReLU())
+        self.cond_context = 1  # frames on each side that one conditioning frame depends on
         self.decoder = WaveNet(
             num_classes=dec.quantization_channels,
             residual_channels=dec.residual_channels,
@@ -91,6 +93,42 @@ class AudioVQVAE(nn.Module):
         """Audio [B, T] (T a multiple of the hop) -> codes [B, T / hop]."""
         return self.quantizer(self.encoder(audio.unsqueeze(1))).codes
 
+    def latent_conditioning(self, codes: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        """The decoder's local conditioning for frames [first, last) of `codes` [B, frames].
+
+        Computed from the codes of those frames plus the conditioning network's context on each
+        side, so that decoding block by block gives exactly what the whole sequence would.
+        """
+        ctx = self.cond_context
+        lo, hi = max(0, first - ctx), min(codes.shape[1], last + ctx)
+        features = self.cond_net(self.quantizer.lookup(codes[:, lo:hi]))
+        return features[:, :, first - lo : first - lo + (last - first)]
+
+    def iter_decode(
+        self,
+        codes: torch.Tensor,
+        speaker: torch.Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        backend: Backend = "auto",
+    ) -> Iterator[torch.Tensor]:
+        """Codes [B, frames] -> successive blocks of audio [B, n] (float in [-1, 1], on the CPU).
+
+        Memory stays bounded whatever the length: conditioning is computed per block."""
+        blocks = iter_generate(
+            self.decoder,
+            codes.shape[1] * self.hop,
+            batch=codes.shape[0],
+            cond=lambda first, last: self.latent_conditioning(codes, first, last),
+            global_cond=self._speaker_vector(speaker),
+            first_input=silence_class(self.mu_channels),
+            temperature=temperature,
+            generator=generator,
+            backend=backend,
+        )
+        for block in blocks:
+            yield mulaw_decode(block.classes, self.mu_channels)
+
     @torch.inference_mode()
     def decode(
         self,
@@ -99,17 +137,14 @@ class AudioVQVAE(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         on_progress: Callable[[int], None] | None = None,
+        backend: Backend = "auto",
     ) -> torch.Tensor:
         """Codes [B, frames] -> audio [B, frames * hop] by sampling the WaveNet one sample at a time."""
-        cond = self.cond_net(self.quantizer.lookup(codes))
-        classes = self.decoder.generate(
-            codes.shape[1] * self.hop,
-            batch=codes.shape[0],
-            cond=cond,
-            global_cond=self._speaker_vector(speaker),
-            first_input=silence_class(self.mu_channels),
-            temperature=temperature,
-            generator=generator,
-            on_progress=on_progress,
-        )
-        return mulaw_decode(classes, self.mu_channels)
+        pieces = []
+        done = 0
+        for audio in self.iter_decode(codes, speaker, temperature, generator, backend):
+            pieces.append(audio)
+            done += audio.shape[1]
+            if on_progress is not None:
+                on_progress(done)
+        return torch.cat(pieces, dim=1)

@@ -51,6 +51,10 @@ class AudioEncoder(nn.Module):
         layers += [nn.ReLU(), nn.Conv1d(channels, latent_dim, 1)]
         self.net = nn.Sequential(*layers)
         self.hop = 2**downsample_layers
+        # Latent frames on each side that one output frame can depend on (a safe upper bound):
+        # the strided stack spans sum (k-1) 2^l input samples, each residual layer +-3^i frames.
+        strided_span = sum((kernel_size - 1) * 2**layer for layer in range(downsample_layers)) + 2
+        self.context_frames = -(-strided_span // self.hop) + sum(3**i for i in range(residual_layers)) + 1
         for module in self.modules():
             if isinstance(module, nn.Conv1d):
                 # He initialisation keeps the activations' spread through the ReLU stack; PyTorch's

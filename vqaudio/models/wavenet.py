@@ -10,7 +10,6 @@ receptive field.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,11 +21,9 @@ _HALF_SQRT = math.sqrt(0.5)
 
 @dataclass
 class IncrementalState:
-    """Everything `step` needs between positions: layer histories and precomputed conditioning."""
+    """What `step` keeps between positions: each layer's history and the weights laid out for it."""
 
-    buffers: list[torch.Tensor]  # per layer [(kernel-1)*dilation, B, residual]
-    frame_bias: torch.Tensor | None  # [B, frames, layers*gate]: conditioning + conv bias at frame rate
-    static_bias: torch.Tensor  # [B, layers*gate]: conv bias (+ global conditioning) when no frames
+    buffers: list[torch.Tensor]  # per layer [(kernel-1)*dilation, B, residual], a ring indexed by position
     weights: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per layer (conv W, out W, out b)
     head: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # (W1, b1, W2, b2), transposed
     position: int = 0
@@ -123,25 +120,25 @@ class WaveNet(nn.Module):
             skip = skip + o[:, self.residual_channels :]
         return self.head(skip)
 
-    # ----- cached incremental generation -----
+    # ----- cached incremental generation (driven by vqaudio.generation.engine) -----
 
-    def start(
-        self,
-        batch: int,
-        cond: torch.Tensor | None = None,
-        global_cond: torch.Tensor | None = None,
-    ) -> IncrementalState:
-        """Prepare ring buffers and precompute every layer's conditioning bias once."""
+    def frame_bias(self, cond: torch.Tensor | None, global_cond: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Every layer's additive input for a run of frames: conv bias + conditioning projections.
+
+        cond [B, cond_channels, F] -> [B, F, layers*gate]; without local conditioning -> [B, 1, layers*gate].
+        """
         self._check_conditioning(cond, global_cond)
+        bias = torch.cat([conv.bias for conv in self.convs]).expand(batch, -1)
+        if global_cond is not None:
+            bias = bias + self.global_proj(global_cond)
+        if cond is None:
+            return bias[:, None, :].contiguous()
+        return (self.cond_proj(cond).transpose(1, 2) + bias[:, None, :]).contiguous()
+
+    def start(self, batch: int) -> IncrementalState:
+        """Empty ring buffers (the zero left padding of the full pass) and weights laid out for `step`."""
         device = self.embed.weight.device
         dtype = self.embed.weight.dtype
-        conv_bias = torch.cat([conv.bias for conv in self.convs])
-        static = conv_bias.expand(batch, -1)
-        if global_cond is not None:
-            static = static + self.global_proj(global_cond)
-        frame_bias = None
-        if cond is not None:
-            frame_bias = (self.cond_proj(cond).transpose(1, 2) + static[:, None, :]).contiguous()
         buffers = [
             torch.zeros((self.kernel_size - 1) * d, batch, self.residual_channels, device=device, dtype=dtype)
             for d in self.dilations
@@ -161,19 +158,16 @@ class WaveNet(nn.Module):
             second.weight.squeeze(-1).t().contiguous(),
             second.bias,
         )
-        return IncrementalState(buffers, frame_bias, static.contiguous(), weights, head)
+        return IncrementalState(buffers, weights, head)
 
-    def step(self, state: IncrementalState, inputs: torch.Tensor) -> torch.Tensor:
-        """Feed one input class per sequence [B]; return the logits for this position [B, classes]."""
+    def step(self, state: IncrementalState, inputs: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Feed one input class per sequence [B] with this position's `bias` [B, layers*gate]
+        (a row of `frame_bias`); return this position's logits [B, classes]."""
         t = state.position
         gate = self.gate_channels
         half = gate // 2
         residual = self.residual_channels
         h = F.embedding(inputs, self.embed.weight)
-        if state.frame_bias is not None:
-            bias = state.frame_bias[:, t // self.cond_hop]
-        else:
-            bias = state.static_bias
         skip = None
         for index, (dilation, buffer, (w_conv, w_out, b_out)) in enumerate(
             zip(self.dilations, state.buffers, state.weights)
@@ -190,39 +184,3 @@ class WaveNet(nn.Module):
         state.position = t + 1
         w1, b1, w2, b2 = state.head
         return torch.addmm(b2, torch.relu(torch.addmm(b1, torch.relu(skip), w1)), w2)
-
-    @torch.inference_mode()
-    def generate(
-        self,
-        length: int,
-        batch: int = 1,
-        cond: torch.Tensor | None = None,
-        global_cond: torch.Tensor | None = None,
-        first_input: int = 0,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-        on_progress: Callable[[int], None] | None = None,
-        progress_every: int = 1000,
-    ) -> torch.Tensor:
-        """Sample `length` classes per sequence [B, length]; temperature 0 picks the most likely class."""
-        state = self.start(batch, cond, global_cond)
-        device = self.embed.weight.device
-        current = torch.full((batch,), first_input, dtype=torch.long, device=device)
-        output = torch.empty(batch, length, dtype=torch.long, device=device)
-        noise = torch.empty(0)
-        block = 512
-        for t in range(length):
-            logits = self.step(state, current)
-            if temperature <= 0:
-                current = logits.argmax(-1)
-            else:
-                # Gumbel-max: argmax(logits / T + Gumbel noise) is a sample of softmax(logits / T);
-                # drawing the noise in blocks is much cheaper than a multinomial per step.
-                if t % block == 0:
-                    uniform = torch.rand(block, batch, self.num_classes, generator=generator, device=device)
-                    noise = -torch.log(-torch.log(uniform.clamp_(1e-12, 1.0 - 1e-7)))
-                current = (logits.float() / temperature + noise[t % block]).argmax(-1)
-            output[:, t] = current
-            if on_progress is not None and ((t + 1) % progress_every == 0 or t + 1 == length):
-                on_progress(t + 1)
-        return output

@@ -1,0 +1,1 @@
+"""Autoregressive generation: one engine for every WaveNet (decoder and prior), three back ends."""

@@ -1,0 +1,108 @@
+"""CUDA back end: the whole per-step computation captured once as a CUDA graph and replayed.
+
+On a GPU the plain step is bound by kernel launches (about a dozen per layer per sample), not by
+arithmetic. A graph replays all of them with one launch. Graphs need fixed addresses and fixed
+control flow, so this step reads and writes the ring buffers with indices computed on the device
+from a position counter that the graph itself advances, instead of Python integers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vqaudio.models.wavenet import _HALF_SQRT, WaveNet
+
+
+def cuda_graph_problem(net: WaveNet) -> str | None:
+    """None when the CUDA graph path can run for `net`, else why not."""
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    if net.embed.weight.device.type != "cuda":
+        return f"the model is on {net.embed.weight.device}, not a CUDA device"
+    return None
+
+
+class CudaGraphBackend:
+    """Replays a captured step; `use_graph=False` runs the same device-indexed step eagerly (tests)."""
+
+    name = "cuda-graph"
+
+    def __init__(self, net: WaveNet, batch: int, use_graph: bool = True) -> None:
+        self.net = net
+        device = net.embed.weight.device
+        self.state = net.start(batch)
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        self.prev = torch.zeros(batch, dtype=torch.long, device=device)
+        self.bias = torch.zeros(batch, len(net.convs) * net.gate_channels, device=device)
+        self.noise = torch.zeros(batch, net.num_classes, device=device)
+        self.inv_temperature = torch.ones((), device=device)
+        self.graph = None
+        self.started = False
+        if use_graph:
+            stream = torch.cuda.Stream(device=device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                for _ in range(3):  # warm up kernels and allocator outside the capture
+                    self._step()
+            torch.cuda.current_stream(device).wait_stream(stream)
+            self._reset()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits, self.next = self._step()
+            self._reset()
+
+    def _reset(self) -> None:
+        for buffer in self.state.buffers:
+            buffer.zero_()
+        self.position.zero_()
+
+    def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self.net
+        gate, half, residual = net.gate_channels, net.gate_channels // 2, net.residual_channels
+        h = net.embed.weight.index_select(0, self.prev)
+        skip = None
+        for index, (dilation, buffer, (w_conv, w_out, b_out)) in enumerate(
+            zip(net.dilations, self.state.buffers, self.state.weights)
+        ):
+            span = buffer.shape[0]
+            taps = [
+                buffer.index_select(0, torch.remainder(self.position - j * dilation, span).view(1)).squeeze(0)
+                for j in range(net.kernel_size - 1, 0, -1)
+            ]
+            stacked = torch.cat([*taps, h], dim=1)
+            buffer.index_copy_(0, torch.remainder(self.position, span).view(1), h.unsqueeze(0))
+            a = torch.addmm(self.bias[:, index * gate : (index + 1) * gate], stacked, w_conv)
+            z = torch.tanh(a[:, :half]) * torch.sigmoid(a[:, half:])
+            o = torch.addmm(b_out, z, w_out)
+            h = (h + o[:, :residual]) * _HALF_SQRT
+            skip = o[:, residual:] if skip is None else skip + o[:, residual:]
+        w1, b1, w2, b2 = self.state.head
+        logits = torch.addmm(b2, torch.relu(torch.addmm(b1, torch.relu(skip), w1)), w2)
+        chosen = (logits * self.inv_temperature + self.noise).argmax(-1)
+        self.prev.copy_(chosen)
+        self.position.add_(1)
+        return logits, chosen
+
+    def run(self, t0, n, prev, bias, frame0, hop, noise, inv_temperature, greedy, record):
+        if not self.started:
+            self.prev.copy_(prev)
+            self.started = True
+        self.inv_temperature.fill_(1.0 if greedy else inv_temperature)
+        if greedy:
+            self.noise.zero_()
+        classes = torch.empty(prev.shape[0], n, dtype=torch.long, device=prev.device)
+        logits_out = torch.empty(prev.shape[0], n, self.net.num_classes, device=prev.device) if record else None
+        for s in range(n):
+            t = t0 + s
+            self.bias.copy_(bias[:, t // hop - frame0])
+            if not greedy:
+                self.noise.copy_(noise[s])
+            if self.graph is not None:
+                self.graph.replay()
+                logits, chosen = self.logits, self.next
+            else:
+                logits, chosen = self._step()
+            classes[:, s] = chosen
+            if record:
+                logits_out[:, s] = logits
+        return classes, logits_out, self.prev.clone()
