@@ -156,6 +156,7 @@ def test_bad_input_is_one_line_and_exit_code_2(trained, tmp_path):
         (["decode", "nothing.npy", "o.wav", "-c", str(checkpoint)], "nothing.npy: no such codes file"),
         (["info", "bad.yaml"], "bad.yaml: not a readable checkpoint"),
         (["encode", "noise.wav", "c.npy"], "no audio_vqvae checkpoint under runs/"),
+        (["decode", "nothing.npy", "o.wav", "--backend", "gpu"], "--backend 'gpu': choose auto"),
     ]
     for args, message in cases:
         result = run_cli(*args, cwd=tmp_path)
