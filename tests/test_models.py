@@ -40,12 +40,16 @@ def test_vqvae_training_step_reaches_every_part():
     for name in ("encoder.net.0.weight", "speaker_embedding.weight", "decoder.convs.0.weight", "cond_net.0.weight"):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
-    assert set(metrics) >= {"loss", "nll", "commitment", "perplexity", "codes_used"}
+    assert set(metrics) >= {"loss", "nll", "commitment", "code_counts"}
+    assert metrics["code_counts"].shape == (1, 32) and metrics["code_counts"].sum() == 2 * 256 // 8
+    summary = model.summarize_metrics(metrics)
+    assert summary["codes_used"] == float((metrics["code_counts"][0] > 0).sum())
+    assert 1.0 <= summary["perplexity"] <= summary["codes_used"]
 
 
 def test_decode_has_hop_samples_per_code_and_depends_on_the_speaker():
     model = tiny_model().eval()
-    codes = torch.randint(0, 32, (1, 6))
+    codes = torch.randint(0, 32, (1, 1, 6))
     a = model.decode(codes, torch.tensor([0]), temperature=0)
     b = model.decode(codes, torch.tensor([1]), temperature=0)
     assert a.shape == (1, 6 * model.hop)
@@ -56,4 +60,4 @@ def test_decode_has_hop_samples_per_code_and_depends_on_the_speaker():
 def test_unknown_speaker_index_is_refused():
     model = tiny_model()
     with pytest.raises(ValueError, match="speaker index"):
-        model.decode(torch.zeros(1, 2, dtype=torch.long), torch.tensor([5]))
+        model.decode(torch.zeros(1, 1, 2, dtype=torch.long), torch.tensor([5]))

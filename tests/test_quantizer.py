@@ -8,7 +8,7 @@ from vqaudio.models.quantizer import VectorQuantizer
 
 def test_codes_are_the_nearest_entries():
     torch.manual_seed(0)
-    vq = VectorQuantizer(16, 4, data_init=False).eval()
+    vq = VectorQuantizer(16, 4, init="random").eval()
     z = torch.randn(3, 4, 10)
     out = vq(z)
     flat = z.permute(0, 2, 1).reshape(-1, 4)
@@ -19,7 +19,7 @@ def test_codes_are_the_nearest_entries():
 
 
 def test_two_dimensional_latents_keep_their_layout():
-    vq = VectorQuantizer(8, 3, data_init=False).eval()
+    vq = VectorQuantizer(8, 3, init="random").eval()
     z = torch.randn(2, 3, 4, 5)
     out = vq(z)
     assert out.codes.shape == (2, 4, 5)
@@ -28,7 +28,7 @@ def test_two_dimensional_latents_keep_their_layout():
 
 
 def test_ema_update_matches_hand_computation():
-    vq = VectorQuantizer(2, 1, update="ema", decay=0.5, epsilon=0.0, data_init=False)
+    vq = VectorQuantizer(2, 1, update="ema", decay=0.5, epsilon=0.0, init="random")
     vq.codebook.copy_(torch.tensor([[0.0], [10.0]]))
     vq.ema_sum.copy_(vq.codebook)
     vq.ema_count.fill_(1.0)
@@ -44,7 +44,7 @@ def test_ema_update_matches_hand_computation():
 
 
 def test_laplace_smoothing_keeps_an_unused_code_finite():
-    vq = VectorQuantizer(3, 2, decay=0.99, epsilon=1e-5, data_init=False)
+    vq = VectorQuantizer(3, 2, decay=0.99, epsilon=1e-5, init="random")
     vq.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [100.0, 100.0]]))
     vq.ema_sum.copy_(vq.codebook)
     for _ in range(200):
@@ -54,7 +54,7 @@ def test_laplace_smoothing_keeps_an_unused_code_finite():
 
 
 def test_gradient_reaches_the_input_straight_through():
-    vq = VectorQuantizer(8, 4, data_init=False)
+    vq = VectorQuantizer(8, 4, init="random")
     encoder = torch.nn.Conv1d(1, 4, 3, padding=1)
     x = torch.randn(2, 1, 16)
     out = vq(encoder(x))
@@ -64,7 +64,7 @@ def test_gradient_reaches_the_input_straight_through():
 
 def test_with_ema_the_optimiser_never_touches_the_codebook():
     torch.manual_seed(0)
-    vq = VectorQuantizer(8, 4, update="ema", data_init=False)
+    vq = VectorQuantizer(8, 4, update="ema", init="random")
     assert not any(p is vq.codebook for p in vq.parameters())
     encoder = torch.nn.Conv1d(1, 4, 3, padding=1)
     optimiser = torch.optim.SGD([*encoder.parameters(), *vq.parameters()], lr=1.0)
@@ -77,7 +77,7 @@ def test_with_ema_the_optimiser_never_touches_the_codebook():
 
 
 def test_loss_mode_trains_the_codebook_by_gradient():
-    vq = VectorQuantizer(8, 4, update="loss", data_init=False)
+    vq = VectorQuantizer(8, 4, update="loss", init="random")
     assert any(p is vq.codebook for p in vq.parameters())
     out = vq(torch.randn(2, 4, 16))
     out.loss.backward()
@@ -86,7 +86,7 @@ def test_loss_mode_trains_the_codebook_by_gradient():
 
 
 def test_perplexity_and_codes_used_describe_the_histogram():
-    vq = VectorQuantizer(4, 1, data_init=False).eval()
+    vq = VectorQuantizer(4, 1, init="random").eval()
     vq.codebook.copy_(torch.tensor([[0.0], [1.0], [2.0], [3.0]]))
     out = vq(torch.tensor([[[0.0, 0.1, 1.0, 0.9]]]))  # two codes, each half the time
     assert out.codes_used.item() == 2
@@ -97,12 +97,12 @@ def test_perplexity_and_codes_used_describe_the_histogram():
 
 def test_data_initialisation_starts_with_many_codes_in_use():
     torch.manual_seed(0)
-    vq = VectorQuantizer(64, 8, data_init=True)
+    vq = VectorQuantizer(64, 8, init="data")
     z = torch.randn(4, 8, 256) * 0.01 + 5.0  # far from a N(0, 1) codebook
     out = vq(z)
     assert vq.initialized.item() == 1
     assert out.codes_used.item() > 40
-    cold = VectorQuantizer(64, 8, data_init=False)
+    cold = VectorQuantizer(64, 8, init="random")
     assert cold(z).codes_used.item() < 5
 
 
@@ -112,7 +112,7 @@ def test_wrong_channel_count_is_refused():
 
 
 def test_commitment_is_the_mean_squared_distance():
-    vq = VectorQuantizer(2, 1, beta=0.25, data_init=False).eval()
+    vq = VectorQuantizer(2, 1, beta=0.25, init="random").eval()
     vq.codebook.copy_(torch.tensor([[0.0], [10.0]]))
     out = vq(torch.tensor([[[1.0, 2.0]]]))
     assert out.commitment_loss.item() == pytest.approx((1 + 4) / 2)

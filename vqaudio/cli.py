@@ -74,6 +74,9 @@ def encode(
     target: Annotated[Path, typer.Argument(help="codes file to write (.npy, with a .npy.json sidecar)")],
     checkpoint: CheckpointOpt = None,
     speaker: Annotated[Optional[str], typer.Option("--speaker", help="record this speaker (index or name)")] = None,
+    n_q: Annotated[
+        Optional[int], typer.Option("--n-q", help="residual VQ: keep the first N codebooks (the bitrate); default all")
+    ] = None,
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -85,10 +88,11 @@ def encode(
 
     codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
     with progress_bar("encode", expected_samples(source, codec.sample_rate), "samples") as update:
-        side = encode_file(codec, source, target, speaker=speaker, force=force, on_progress=update)
+        side = encode_file(codec, source, target, speaker=speaker, force=force, on_progress=update, n_q=n_q)
     seconds = side["num_samples"] / codec.sample_rate
+    books = f" x {side['n_q']} codebooks" if side["n_q"] > 1 else ""
     out.print(
-        f"wrote {target} ({side['shape'][0]} codes for {seconds:.2f} s at {codec.bitrate:.0f} bit/s, "
+        f"wrote {target} ({side['shape'][-1]} frames{books} for {seconds:.2f} s at {side['bitrate']:.0f} bit/s, "
         f"speaker {side['speaker'] or 'not recorded'})"
     )
 

@@ -50,8 +50,19 @@ class Codec:
         return self.model.codebook_size
 
     @property
-    def bitrate(self) -> float:
-        return self.sample_rate / self.hop * float(np.log2(self.codebook_size))
+    def n_q(self) -> int:
+        return self.model.n_q
+
+    def bitrate(self, n_q: int | None = None) -> float:
+        """Bits per second of raw codes from the first `n_q` codebooks (all by default)."""
+        return (n_q or self.n_q) * self.sample_rate / self.hop * float(np.log2(self.codebook_size))
+
+    def check_n_q(self, n_q: int | None) -> int:
+        if n_q is None:
+            return self.n_q
+        if not 1 <= n_q <= self.n_q:
+            raise VQAudioError(f"--n-q {n_q}: this model has {self.n_q} codebook(s); choose 1..{self.n_q}")
+        return n_q
 
     def speaker_index(self, speaker: str | int | None) -> int:
         """Accept an index ('3', 3) or a name ('p225'); None means speaker 0."""
@@ -102,13 +113,13 @@ def _codes_dtype(codebook_size: int) -> type:
     return np.int16 if codebook_size <= 32768 else np.int32
 
 
-def encode_audio(codec: Codec, audio: np.ndarray) -> np.ndarray:
-    """Mono float audio at the model rate -> codes [frames], padding the end to a whole frame."""
+def encode_audio(codec: Codec, audio: np.ndarray, n_q: int | None = None) -> np.ndarray:
+    """Mono float audio at the model rate -> codes [n_q, frames], padding the end to a whole frame."""
     frames = max(1, -(-audio.size // codec.hop))
     padded = np.zeros(frames * codec.hop, dtype=np.float32)
     padded[: audio.size] = audio
     with torch.no_grad():
-        codes = codec.model.encode(torch.from_numpy(padded)[None].to(codec.device))
+        codes = codec.model.encode(torch.from_numpy(padded)[None].to(codec.device), n_q=n_q)
     return codes[0].cpu().numpy().astype(_codes_dtype(codec.codebook_size))
 
 
@@ -117,6 +128,7 @@ def encode_chunks(
     blocks: Iterable[np.ndarray],
     chunk_frames: int = 2048,
     on_progress: Callable[[int], None] | None = None,
+    n_q: int | None = None,
 ) -> tuple[np.ndarray, int]:
     """Encode audio that arrives in blocks (mono float32 at the model rate) in bounded memory.
 
@@ -139,7 +151,7 @@ def encode_chunks(
         segment = np.zeros((hi - lo) * hop, dtype=np.float32)
         piece = pending[lo * hop - offset : hi * hop - offset]
         segment[: piece.size] = piece
-        pieces.append(encode_audio(codec, segment)[first - lo : last - lo])
+        pieces.append(encode_audio(codec, segment, n_q)[:, first - lo : last - lo])
 
     for block in blocks:
         pending = np.concatenate([pending, block.astype(np.float32, copy=False)])
@@ -161,7 +173,7 @@ def encode_chunks(
         done = last
     if on_progress is not None:
         on_progress(total)
-    return np.concatenate(pieces), total
+    return np.concatenate(pieces, axis=1), total
 
 
 def encode_file(
@@ -171,15 +183,21 @@ def encode_file(
     speaker: str | int | None = None,
     force: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    n_q: int | None = None,
 ) -> dict[str, Any]:
-    """Encode `source` to `target` (.npy) and its sidecar, streaming the audio; returns the sidecar."""
+    """Encode `source` to `target` (.npy) and its sidecar, streaming the audio; returns the sidecar.
+
+    The file holds [frames] codes for one codebook, [n_q, frames] for several."""
     sidecar_path = sidecar_for(target)
     check_writable(target, force)
     check_writable(sidecar_path, force)
     if speaker is None:
         speaker = guess_speaker(source, codec.speakers)
     speaker_index = codec.speaker_index(speaker) if speaker is not None else None
-    codes, num_samples = encode_chunks(codec, iter_audio(source, codec.sample_rate), on_progress=on_progress)
+    n_q = codec.check_n_q(n_q)
+    codes, num_samples = encode_chunks(codec, iter_audio(source, codec.sample_rate), on_progress=on_progress, n_q=n_q)
+    if n_q == 1:
+        codes = codes[0]
     sidecar = {
         "format": SIDECAR_FORMAT,
         "version": SIDECAR_VERSION,
@@ -187,6 +205,8 @@ def encode_file(
         "sample_rate": codec.sample_rate,
         "hop": codec.hop,
         "codebook_size": codec.codebook_size,
+        "n_q": n_q,
+        "bitrate": codec.bitrate(n_q),
         "speaker": codec.speakers[speaker_index] if speaker_index is not None else None,
         "speaker_index": speaker_index,
         "num_samples": int(num_samples),
@@ -223,8 +243,8 @@ def read_codes(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         raise VQAudioError(f"{path}: not a readable .npy codes file ({str(exc).splitlines()[0][:120]})") from None
     if not np.issubdtype(codes.dtype, np.integer):
         raise VQAudioError(f"{path}: codes must be integers, found dtype {codes.dtype}")
-    if codes.ndim != 1 or codes.size == 0:
-        raise VQAudioError(f"{path}: codes must be a non-empty 1-D array, found shape {codes.shape}")
+    if codes.ndim not in (1, 2) or codes.size == 0:
+        raise VQAudioError(f"{path}: codes must be a non-empty [frames] or [n_q, frames] array, found shape {codes.shape}")
     side = sidecar_for(path)
     if not side.exists():
         raise VQAudioError(f"{side}: missing; the codes file needs the sidecar vqaudio encode wrote beside it")
@@ -245,6 +265,9 @@ def read_codes(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         raise VQAudioError(f"{side}: {', '.join(wrong)} has the wrong type; re-encode the audio with vqaudio encode")
     if sidecar["num_samples"] < 1:
         raise VQAudioError(f"{side}: num_samples must be positive")
+    codes = codes.reshape(-1, codes.shape[-1])  # always [n_q, frames] from here on
+    if sidecar.get("n_q", 1) != codes.shape[0]:
+        raise VQAudioError(f"{path}: holds {codes.shape[0]} codebook(s) but the sidecar says n_q = {sidecar.get('n_q', 1)}")
     return codes, sidecar
 
 
@@ -262,12 +285,15 @@ def check_compatible(codec: Codec, codes: np.ndarray, sidecar: dict[str, Any], p
         )
     if sidecar["hop"] != codec.hop or sidecar["sample_rate"] != codec.sample_rate:
         raise VQAudioError(f"{path}: sidecar hop/sample rate do not match {codec.checkpoint}")
+    if codes.shape[0] > codec.n_q:
+        raise VQAudioError(f"{path}: {codes.shape[0]} codebooks, but {codec.checkpoint} has {codec.n_q}")
     if codes.min() < 0 or codes.max() >= codec.codebook_size:
         raise VQAudioError(f"{path}: codes must lie in 0..{codec.codebook_size - 1}, found {codes.min()}..{codes.max()}")
     expected_frames = max(1, -(-int(sidecar["num_samples"]) // codec.hop))
-    if codes.size != expected_frames:
+    if codes.shape[-1] != expected_frames:
         raise VQAudioError(
-            f"{path}: {codes.size} codes but the sidecar's num_samples needs {expected_frames}; the files do not belong together"
+            f"{path}: {codes.shape[-1]} frames of codes but the sidecar's num_samples needs {expected_frames}; "
+            "the files do not belong together"
         )
 
 
@@ -280,9 +306,9 @@ def iter_decode_codes(
     seed: int = 0,
     backend: Backend = "auto",
 ) -> Iterator[np.ndarray]:
-    """Codes [frames] -> successive float32 audio blocks, stopping at `num_samples` when given."""
+    """Codes [frames] or [n_q, frames] -> successive float32 audio blocks, stopping at `num_samples`."""
     generator = torch.Generator(device=codec.device).manual_seed(seed)
-    tensor = torch.as_tensor(codes.astype(np.int64))[None].to(codec.device)
+    tensor = torch.as_tensor(codes.astype(np.int64)).reshape(1, -1, codes.shape[-1]).to(codec.device)
     spk = torch.tensor([speaker], device=codec.device)
     produced = 0
     for block in codec.model.iter_decode(tensor, spk, temperature, generator, backend):
@@ -303,7 +329,7 @@ def decode_codes(
     seed: int = 0,
     backend: Backend = "auto",
 ) -> np.ndarray:
-    """Codes [frames] -> float32 audio, trimmed to `num_samples` when given."""
+    """Codes [frames] or [n_q, frames] -> float32 audio, trimmed to `num_samples` when given."""
     return np.concatenate(list(iter_decode_codes(codec, codes, speaker, num_samples, temperature, seed, backend)))
 
 

@@ -26,11 +26,15 @@ def checkpoint_summary(path: Path) -> dict:
         "valid": payload.get("valid", {}),
     }
     if "hop" in meta:
+        per_book = meta["sample_rate"] / meta["hop"] * math.log2(meta["codebook_size"])
+        n_q = int(meta.get("n_q", 1))
         summary.update(
             sample_rate=meta["sample_rate"],
             hop=meta["hop"],
             codebook_size=meta["codebook_size"],
-            bitrate=meta["sample_rate"] / meta["hop"] * math.log2(meta["codebook_size"]),
+            n_q=n_q,
+            bitrate=n_q * per_book,
+            bitrates=[n * per_book for n in range(1, n_q + 1)],
         )
     return summary
 
@@ -44,6 +48,15 @@ def describe_checkpoint(path: Path, console: Console) -> None:
             f"({s['sample_rate'] / s['hop']:.1f} codes/s), K = {s['codebook_size']}, "
             f"bitrate {s['bitrate']:.0f} bit/s"
         )
+        if s["n_q"] > 1:
+            rates = ", ".join(f"{n}: {rate:.0f}" for n, rate in enumerate(s["bitrates"], start=1))
+            console.print(f"residual VQ, {s['n_q']} codebooks; bit/s by codebooks kept (encode --n-q): {rates}")
+        valid = s["valid"]
+        if "codes_used" in valid:
+            console.print(
+                f"codebook usage on the held-out set: {valid['codes_used']:.0f} of {s['codebook_size']} codes, "
+                f"perplexity {valid['perplexity']:.1f}, entropy {valid['entropy']:.2f} bits"
+            )
     table = Table("index", "speaker", "details", title=f"{len(s['speakers'])} speakers")
     for i, name in enumerate(s["speakers"]):
         details = s["speaker_info"].get(name, {})

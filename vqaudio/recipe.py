@@ -65,7 +65,23 @@ class QuantizerConfig(_Strict):
     update: Literal["ema", "loss"] = "ema"
     decay: float = Field(0.99, gt=0, lt=1)
     epsilon: float = Field(1e-5, gt=0)
-    data_init: bool = True  # seed the codebook from the first batch's encoder outputs
+    init: Literal["random", "data", "kmeans"] = "data"  # data: K encoder outputs of the first batch
+    init_batches: int = Field(4, ge=1)  # kmeans: training batches of encoder outputs to cluster
+    kmeans_iters: int = Field(10, ge=0)
+    restart_threshold: float = Field(0.0, ge=0)  # re-seed codes used less than this share of N/K
+    usage_decay: float = Field(0.99, gt=0, lt=1)
+    bias_correction: bool = False  # Sonnet's zero-debiased EMA
+    cosine: bool = False  # L2-normalised codes and latents, cosine similarity
+    n_q: int = Field(1, ge=1, le=32)  # residual VQ: codebooks on successive residuals
+    dropout: bool = False  # residual VQ: each training example uses a random 1..n_q codebooks
+
+    @model_validator(mode="after")
+    def _compatible(self) -> QuantizerConfig:
+        if self.cosine and self.n_q > 1:
+            raise ValueError("quantizer.cosine works with one codebook only (n_q: 1): residuals are not unit vectors")
+        if self.dropout and self.n_q == 1:
+            raise ValueError("quantizer.dropout needs a residual quantiser (n_q > 1)")
+        return self
 
 
 class DecoderConfig(_Strict):

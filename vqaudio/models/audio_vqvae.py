@@ -12,7 +12,8 @@ from torch import nn
 from vqaudio.audio.mulaw import mulaw_decode, mulaw_encode, silence_class
 from vqaudio.generation.engine import Backend, iter_generate
 from vqaudio.models.encoder import AudioEncoder
-from vqaudio.models.quantizer import QuantizerOutput, VectorQuantizer
+from vqaudio.models.quantizer import QuantizerOutput, usage_stats
+from vqaudio.models.residual_quantizer import ResidualVectorQuantizer
 from vqaudio.models.wavenet import WaveNet
 from vqaudio.recipe import ModelConfig
 
@@ -31,7 +32,23 @@ class AudioVQVAE(nn.Module):
         super().__init__()
         enc, vq, dec = config.encoder, config.quantizer, config.decoder
         self.encoder = AudioEncoder(enc.channels, vq.dim, enc.downsample_layers, enc.kernel_size, enc.residual_layers)
-        self.quantizer = VectorQuantizer(vq.codebook_size, vq.dim, vq.beta, vq.update, vq.decay, vq.epsilon, vq.data_init)
+        self.quantizer = ResidualVectorQuantizer(
+            n_q=vq.n_q,
+            dropout=vq.dropout,
+            num_codes=vq.codebook_size,
+            dim=vq.dim,
+            beta=vq.beta,
+            update=vq.update,
+            decay=vq.decay,
+            epsilon=vq.epsilon,
+            init=vq.init,
+            init_batches=vq.init_batches,
+            kmeans_iters=vq.kmeans_iters,
+            restart_threshold=vq.restart_threshold,
+            usage_decay=vq.usage_decay,
+            bias_correction=vq.bias_correction,
+            cosine=vq.cosine,
+        )
         self.hop = self.encoder.hop
         self.num_speakers = num_speakers
         self.mu_channels = dec.quantization_channels
@@ -55,6 +72,10 @@ class AudioVQVAE(nn.Module):
     @property
     def codebook_size(self) -> int:
         return self.quantizer.num_codes
+
+    @property
+    def n_q(self) -> int:
+        return self.quantizer.n_q
 
     def _speaker_vector(self, speaker: torch.Tensor) -> torch.Tensor | None:
         if self.speaker_embedding is None:
@@ -83,25 +104,38 @@ class AudioVQVAE(nn.Module):
             "nll": nll.detach(),
             "commitment": q.commitment_loss,
             "codebook": q.codebook_loss,
-            "perplexity": q.perplexity,
-            "codes_used": q.codes_used.float(),
+            "restarts": q.restarts,
+            "code_counts": q.counts,  # [n_q, K], summed over batches by the training loop
         }
         return loss, metrics
 
+    @staticmethod
+    def summarize_metrics(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+        """Turn summed code histograms into usage figures: codes used (of K), perplexity and
+        entropy in bits of the first codebook, and codes used by each further codebook."""
+        result = {k: float(v) for k, v in values.items() if k != "code_counts"}
+        counts = values.get("code_counts")
+        if counts is not None:
+            counts = torch.as_tensor(counts)
+            result.update(usage_stats(counts[0]))
+            for level in range(1, counts.shape[0]):
+                result[f"codes_used_q{level}"] = float((counts[level] > 0).sum())
+        return result
+
     @torch.no_grad()
-    def encode(self, audio: torch.Tensor) -> torch.Tensor:
-        """Audio [B, T] (T a multiple of the hop) -> codes [B, T / hop]."""
-        return self.quantizer(self.encoder(audio.unsqueeze(1))).codes
+    def encode(self, audio: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
+        """Audio [B, T] (T a multiple of the hop) -> codes [B, n_q, T / hop]."""
+        return self.quantizer(self.encoder(audio.unsqueeze(1)), n_q=n_q).codes
 
     def latent_conditioning(self, codes: torch.Tensor, first: int, last: int) -> torch.Tensor:
-        """The decoder's local conditioning for frames [first, last) of `codes` [B, frames].
+        """The decoder's local conditioning for frames [first, last) of `codes` [B, n, frames].
 
         Computed from the codes of those frames plus the conditioning network's context on each
         side, so that decoding block by block gives exactly what the whole sequence would.
         """
         ctx = self.cond_context
-        lo, hi = max(0, first - ctx), min(codes.shape[1], last + ctx)
-        features = self.cond_net(self.quantizer.lookup(codes[:, lo:hi]))
+        lo, hi = max(0, first - ctx), min(codes.shape[-1], last + ctx)
+        features = self.cond_net(self.quantizer.lookup(codes[..., lo:hi]))
         return features[:, :, first - lo : first - lo + (last - first)]
 
     def iter_decode(
@@ -112,12 +146,13 @@ class AudioVQVAE(nn.Module):
         generator: torch.Generator | None = None,
         backend: Backend = "auto",
     ) -> Iterator[torch.Tensor]:
-        """Codes [B, frames] -> successive blocks of audio [B, n] (float in [-1, 1], on the CPU).
+        """Codes [B, n, frames] (the first n codebooks) -> successive blocks of audio [B, samples]
+        (float in [-1, 1], on the CPU).
 
         Memory stays bounded whatever the length: conditioning is computed per block."""
         blocks = iter_generate(
             self.decoder,
-            codes.shape[1] * self.hop,
+            codes.shape[-1] * self.hop,
             batch=codes.shape[0],
             cond=lambda first, last: self.latent_conditioning(codes, first, last),
             global_cond=self._speaker_vector(speaker),
@@ -139,7 +174,7 @@ class AudioVQVAE(nn.Module):
         on_progress: Callable[[int], None] | None = None,
         backend: Backend = "auto",
     ) -> torch.Tensor:
-        """Codes [B, frames] -> audio [B, frames * hop] by sampling the WaveNet one sample at a time."""
+        """Codes [B, n, frames] -> audio [B, frames * hop] by sampling the WaveNet one sample at a time."""
         pieces = []
         done = 0
         for audio in self.iter_decode(codes, speaker, temperature, generator, backend):

@@ -53,6 +53,7 @@ def build_audio_vqvae(recipe: Recipe, on_progress: ProgressFn | None = None) -> 
         "sample_rate": recipe.data.sample_rate,
         "hop": model.hop,
         "codebook_size": model.codebook_size,
+        "n_q": model.n_q,
         "train_utterances": len(train_items),
         "valid_ids": [corpus.ids[i] for i in valid_items],
     }

@@ -22,7 +22,7 @@ def model_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
     """A short hash of every weight and buffer: codes are only meaningful to the exact same model."""
     digest = hashlib.sha256()
     for key in sorted(state_dict):
-        tensor = state_dict[key].detach().to("cpu").contiguous()
+        tensor = state_dict[key].detach().to("cpu").contiguous().reshape(-1)
         digest.update(key.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")

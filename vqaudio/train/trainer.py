@@ -87,9 +87,21 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _mean(values: list[dict[str, float]]) -> dict[str, float]:
-    keys = values[0].keys()
-    return {k: sum(v[k] for v in values) / len(values) for k in keys}
+Metrics = dict[str, float | torch.Tensor]
+
+
+def _detach(metrics: dict[str, torch.Tensor]) -> Metrics:
+    """Scalars become floats; vectors (histograms such as code counts) stay tensors on the CPU."""
+    return {k: (v.detach().float().cpu() if torch.is_tensor(v) and v.dim() > 0 else float(v)) for k, v in metrics.items()}
+
+
+def _combine(values: list[Metrics]) -> Metrics:
+    """Average scalars over steps; sum vectors (histograms add up over batches)."""
+    out: Metrics = {}
+    for key in values[0]:
+        items = [v[key] for v in values]
+        out[key] = sum(items) if torch.is_tensor(items[0]) else sum(items) / len(items)
+    return out
 
 
 class Trainer:
@@ -187,7 +199,14 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return {k: float(v) for k, v in metrics.items()}
+        return _detach(metrics)
+
+    def _summarize(self, values: Metrics) -> dict[str, float]:
+        """Plain numbers for the log: the model may turn summed histograms into usage figures."""
+        hook = getattr(self.model, "summarize_metrics", None)
+        if hook is not None:
+            return hook(values)
+        return {k: float(v) for k, v in values.items() if not torch.is_tensor(v)}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -197,8 +216,8 @@ class Trainer:
             batch = _to_device(batch, self.device)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 _, metrics = self.model.training_step(batch)
-            results.append({k: float(v) for k, v in metrics.items()})
-        return _mean(results) if results else {}
+            results.append(_detach(metrics))
+        return self._summarize(_combine(results)) if results else {}
 
     def run(self) -> TrainResult:
         """Train to `train.steps`; on Ctrl-C or SIGTERM, checkpoint and raise TrainingInterrupted."""
@@ -222,7 +241,7 @@ class Trainer:
                 progress.update(task, completed=self.step)
                 last = self.step == cfg.steps
                 if self.step % cfg.log_every == 0 or last:
-                    values = {**_mean(window), "lr": self.scheduler.get_last_lr()[0]}
+                    values = {**self._summarize(_combine(window)), "lr": self.scheduler.get_last_lr()[0]}
                     window = []
                     self._log("train", values)
                     progress.update(task, summary=self._summary(values))
