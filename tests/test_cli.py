@@ -186,3 +186,36 @@ def test_missing_or_edited_sidecar_is_named(trained, tmp_path):
     side_path.unlink()
     with pytest.raises(VQAudioError, match=r"c\.npy\.json: missing"):
         read_codes(tmp_path / "c.npy")
+
+
+def test_residual_vq_picks_the_bitrate_at_encoding(tmp_path):
+    """One residual-VQ model, encoded at 1 and at 3 codebooks; both decode; info lists the rates."""
+    quantizer = {"codebook_size": 32, "dim": 8, "n_q": 3, "dropout": True, "init": "kmeans", "init_batches": 2,
+                 "restart_threshold": 0.1}  # fmt: skip
+    model = {**tiny_dict()["model"], "quantizer": quantizer}
+    (tmp_path / "rvq.yaml").write_text(yaml.safe_dump(tiny_dict(data={"sample_rate": 8000}, model=model)))
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        invoke("train", "rvq.yaml", "train.steps=3", "--quiet")
+    finally:
+        os.chdir(old)
+    checkpoint = sorted(tmp_path.glob("runs/tiny/*/checkpoints/step_*.pt"))[-1]
+    clip = tmp_path / "clip.wav"
+    invoke("demo-clip", str(clip), "--seconds", "0.3", "--sample-rate", "8000")
+    invoke("encode", str(clip), str(tmp_path / "one.npy"), "-c", str(checkpoint), "--n-q", "1")
+    invoke("encode", str(clip), str(tmp_path / "all.npy"), "-c", str(checkpoint))
+    one, full = np.load(tmp_path / "one.npy"), np.load(tmp_path / "all.npy")
+    assert one.shape == (300,) and full.shape == (3, 300)
+    assert np.array_equal(one, full[0])  # the first codebook does not depend on how many follow
+    side = json.loads((tmp_path / "all.npy.json").read_text())
+    assert side["n_q"] == 3 and side["bitrate"] == 3 * 1000 * 5
+    assert json.loads((tmp_path / "one.npy.json").read_text())["bitrate"] == 5000
+    for name in ("one", "all"):
+        invoke("decode", str(tmp_path / f"{name}.npy"), str(tmp_path / f"{name}.wav"), "-c", str(checkpoint))
+        assert sf.read(tmp_path / f"{name}.wav")[0].shape == (2400,)
+    result = run_cli("encode", str(clip), str(tmp_path / "x.npy"), "-c", str(checkpoint), "--n-q", "4", cwd=tmp_path)
+    assert result.returncode == 2 and "this model has 3 codebook(s)" in result.stderr
+    text = " ".join(invoke("info", str(checkpoint)).output.split())
+    assert "3 codebooks" in text and "1: 5000, 2: 10000, 3: 15000" in text
+    assert "codebook usage on the held-out set" in text

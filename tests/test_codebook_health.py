@@ -155,3 +155,14 @@ def test_usage_over_many_batches():
     counts = torch.tensor([4.0, 4.0, 0.0, 0.0])
     stats = usage_stats(counts)
     assert stats == {"codes_used": 2.0, "perplexity": pytest.approx(2.0), "entropy": pytest.approx(1.0)}
+
+
+def test_a_level_that_dropout_left_empty_still_takes_its_steps():
+    """Under DDP every rank must run the same collective steps, even when its batch sent no
+    example to a level: initialisation then seeds from all rows and nothing is counted."""
+    vq = VectorQuantizer(8, 4, init="kmeans", init_batches=1, restart_threshold=0.5)
+    z = torch.randn(3, 4, 10)
+    out = vq(z, mask=torch.zeros(3, dtype=torch.bool))
+    assert vq.initialized.item() == 1
+    assert out.counts.sum() == 0 and out.restarts.item() == 0
+    assert out.commitment_loss.item() == 0.0

@@ -69,7 +69,7 @@ class QuantizerConfig(_Strict):
     init_batches: int = Field(4, ge=1)  # kmeans: training batches of encoder outputs to cluster
     kmeans_iters: int = Field(10, ge=0)
     restart_threshold: float = Field(0.0, ge=0)  # re-seed codes used less than this share of N/K
-    usage_decay: float = Field(0.99, gt=0, lt=1)
+    usage_decay: float = Field(0.95, gt=0, lt=1)
     bias_correction: bool = False  # Sonnet's zero-debiased EMA
     cosine: bool = False  # L2-normalised codes and latents, cosine similarity
     n_q: int = Field(1, ge=1, le=32)  # residual VQ: codebooks on successive residuals

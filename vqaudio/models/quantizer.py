@@ -92,7 +92,7 @@ class VectorQuantizer(nn.Module):
         init_batches: int = 4,
         kmeans_iters: int = 10,
         restart_threshold: float = 0.0,
-        usage_decay: float = 0.99,
+        usage_decay: float = 0.95,
         bias_correction: bool = False,
         cosine: bool = False,
     ) -> None:
@@ -184,7 +184,8 @@ class VectorQuantizer(nn.Module):
             seeds = kmeans(data, seeds, self.kmeans_iters, cosine=self.cosine)
         everything = torch.ones(self.num_codes, dtype=torch.bool, device=flat.device)
         self._set_codes(everything, seeds)
-        self.usage.fill_(flat.shape[0] * _world() / self.num_codes)  # a fair share each
+        rows = all_reduce_sum(torch.tensor(float(flat.shape[0]), device=flat.device))
+        self.usage.fill_(float(rows) / self.num_codes)  # a fair share each
         self.initialized.fill_(1)
 
     def _sample(self, flat: torch.Tensor, count: int) -> torch.Tensor:
@@ -213,9 +214,11 @@ class VectorQuantizer(nn.Module):
         self.codebook.copy_(torch.where(seen[:, None], updated, self.codebook))
 
     @torch.no_grad()
-    def _restart_dead(self, flat: torch.Tensor) -> int:
-        """Re-seed codes whose moving-average usage fell below the threshold; returns how many."""
-        fair = flat.shape[0] * _world() / self.num_codes
+    def _restart_dead(self, flat: torch.Tensor, assignments: float) -> int:
+        """Re-seed codes whose moving-average usage fell below the threshold; returns how many.
+
+        `assignments` is this step's total over all ranks, so every rank finds the same codes dead."""
+        fair = assignments / self.num_codes
         dead = self.usage < self.restart_threshold * fair
         count = int(dead.sum())
         if count:
@@ -240,9 +243,12 @@ class VectorQuantizer(nn.Module):
             if mask is not None:
                 rows = mask.view(-1, *([1] * (z.dim() - 2))).expand(channels_last.shape[:-1]).reshape(-1)
             active = flat.detach() if rows is None else flat.detach()[rows]
-            learning = self.training and active.shape[0] > 0
+            # Seeds are drawn from the active rows, or from all rows when dropout left none here.
+            # Every rank must take the same collective steps, so nothing below depends on it.
+            seeds_from = active if active.shape[0] else flat.detach()
+            learning = self.training
             if learning and not self.initialized:
-                self._initialise(active)
+                self._initialise(seeds_from)
             codes_flat = self.nearest(flat.detach())
             chosen = F.embedding(codes_flat, self.vectors()).view_as(channels_last).movedim(-1, 1)
             active_codes = codes_flat if rows is None else codes_flat[rows]
@@ -254,7 +260,7 @@ class VectorQuantizer(nn.Module):
                 if self.update == "ema":
                     self._ema_update(active, active_codes, counts)
                 if self.restart_threshold > 0 and self.initialized:
-                    restarts = self._restart_dead(active)
+                    restarts = self._restart_dead(seeds_from, float(counts.sum()))
             weights = None if mask is None else mask.float().view(-1, *([1] * (z.dim() - 1)))
             commitment = _masked_mse(z, chosen.detach(), weights)
             codebook_loss = _masked_mse(z.detach(), chosen, weights)
@@ -275,10 +281,6 @@ class VectorQuantizer(nn.Module):
             counts=counts,
             restarts=torch.tensor(float(restarts)),
         )
-
-
-def _world() -> int:
-    return dist.get_world_size() if _distributed() else 1
 
 
 def _masked_mse(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
