@@ -17,7 +17,6 @@ Last line: {"encode_x_realtime": ..., "encode_peak_mb_1min": ..., "encode_peak_m
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import tempfile

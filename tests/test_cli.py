@@ -26,6 +26,14 @@ def invoke(*args: str):
     return result
 
 
+def encode_demo_clip(folder: Path, checkpoint: Path) -> Path:
+    """A 0.3 s demo clip encoded to folder/c.npy (+ sidecar); returns the codes path."""
+    clip = folder / "clip.wav"
+    invoke("demo-clip", str(clip), "--seconds", "0.3", "--sample-rate", "8000")
+    invoke("encode", str(clip), str(folder / "c.npy"), "-c", str(checkpoint))
+    return folder / "c.npy"
+
+
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vqaudio", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
@@ -104,9 +112,7 @@ def test_existing_output_needs_force(trained, tmp_path):
 
 def test_codes_from_another_model_are_refused(trained, tmp_path):
     _, checkpoint = trained
-    clip = tmp_path / "clip.wav"
-    invoke("demo-clip", str(clip), "--seconds", "0.3", "--sample-rate", "8000")
-    invoke("encode", str(clip), str(tmp_path / "c.npy"), "-c", str(checkpoint))
+    encode_demo_clip(tmp_path, checkpoint)
     side_path = tmp_path / "c.npy.json"
     side = json.loads(side_path.read_text())
     side_path.write_text(json.dumps({**side, "fingerprint": "0123456789abcdef"}))
@@ -124,9 +130,7 @@ def test_out_of_range_codes_are_refused(trained, tmp_path):
     from vqaudio.errors import VQAudioError
 
     _, checkpoint = trained
-    clip = tmp_path / "clip.wav"
-    invoke("demo-clip", str(clip), "--seconds", "0.3", "--sample-rate", "8000")
-    invoke("encode", str(clip), str(tmp_path / "c.npy"), "-c", str(checkpoint))
+    encode_demo_clip(tmp_path, checkpoint)
     codes = np.load(tmp_path / "c.npy")
     codes[0] = 32
     np.save(tmp_path / "c.npy", codes)
@@ -172,9 +176,7 @@ def test_missing_or_edited_sidecar_is_named(trained, tmp_path):
     from vqaudio.errors import VQAudioError
 
     _, checkpoint = trained
-    clip = tmp_path / "clip.wav"
-    invoke("demo-clip", str(clip), "--seconds", "0.3", "--sample-rate", "8000")
-    invoke("encode", str(clip), str(tmp_path / "c.npy"), "-c", str(checkpoint))
+    encode_demo_clip(tmp_path, checkpoint)
     side_path = tmp_path / "c.npy.json"
     side = json.loads(side_path.read_text())
     side_path.write_text(json.dumps({**side, "num_samples": "2400"}))

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from vqaudio.generation.engine import generate
 from vqaudio.models.wavenet import WaveNet
 
 

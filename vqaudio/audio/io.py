@@ -28,22 +28,7 @@ def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
 
 def read_audio(path: str | Path, target_rate: int) -> np.ndarray:
     """Read `path`, mix to mono and resample to `target_rate`; float32 in [-1, 1]."""
-    path = Path(path)
-    if not path.exists():
-        raise VQAudioError(f"{path}: no such file")
-    if path.is_dir():
-        raise VQAudioError(f"{path}: is a folder, not an audio file")
-    try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise VQAudioError(f"{path}: cannot read it as audio ({detail}); give a wav, flac or ogg file") from exc
-    if audio.shape[0] == 0:
-        raise VQAudioError(f"{path}: holds no samples; give a non-empty recording")
-    if not np.isfinite(audio).all():
-        raise VQAudioError(f"{path}: contains NaN or infinite samples; fix or re-export the file")
-    mono = audio.mean(axis=1)
-    return resample(mono, rate, target_rate)
+    return np.concatenate(list(iter_audio(path, target_rate)))
 
 
 def expected_samples(path: str | Path, target_rate: int) -> int | None:
@@ -57,8 +42,8 @@ def expected_samples(path: str | Path, target_rate: int) -> int | None:
 
 def iter_audio(path: str | Path, target_rate: int, block_seconds: float = 10.0) -> Iterator[np.ndarray]:
     """Read `path` block by block as mono float32 at `target_rate`, in memory that does not grow
-    with the file's length. The concatenated blocks equal `read_audio(path, target_rate)`:
-    soxr's streaming resampler gives the same samples as its one-shot call."""
+    with the file's length. soxr's streaming resampler gives the same samples as its one-shot
+    call, so the blocks do not depend on the block size."""
     path = Path(path)
     if not path.exists():
         raise VQAudioError(f"{path}: no such file")

@@ -1,6 +1,6 @@
 """Fused CPU generation kernel, compiled with numba.
 
-Why numba: it is already installed (librosa depends on it), compiles at first use on the user's
+Why numba: a well-kept package on PyPI (librosa also depends on it), it compiles at first use on the user's
 machine for the CPU it runs on (AVX2/AVX-512 where present), and lets the whole per-sample step -
 every layer, the output head and the sampling - run as one loop with no Python or PyTorch
 dispatch in between. That per-operator overhead, not arithmetic, is what limits the PyTorch loop
