@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +73,48 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"real test data not found at {SHARED} (it sits beside the project in CI)")
     return SHARED
+
+
+def invoke(*args: str):
+    """Run the CLI in-process and insist that it succeeds."""
+    from typer.testing import CliRunner
+
+    from vqaudio.cli import app
+
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny 8 kHz model trained through the CLI in its own working folder: (folder, checkpoint)."""
+    work = tmp_path_factory.mktemp("cli")
+    (work / "tiny.yaml").write_text(yaml.safe_dump(tiny_dict(data={"sample_rate": 8000})))
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        invoke("train", "tiny.yaml", "train.steps=3", "--quiet", "--device", "cpu")
+    finally:
+        os.chdir(old)
+    checkpoint = sorted((work / "runs" / "tiny").glob("*/checkpoints/step_*.pt"))[-1]
+    return work, checkpoint
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """Run the real entry point (with its error handling) in-process: (exit code, stdout + stderr)."""
+    import sys
+
+    from vqaudio import cli
+
+    old_argv = sys.argv
+    sys.argv = ["vqaudio", *args]
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = old_argv
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err

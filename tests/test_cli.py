@@ -13,17 +13,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from vqaudio.cli import app
 
-from conftest import tiny_dict
+from conftest import invoke, tiny_dict
 
 runner = CliRunner()
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def encode_demo_clip(folder: Path, checkpoint: Path) -> Path:
@@ -36,21 +29,6 @@ def encode_demo_clip(folder: Path, checkpoint: Path) -> Path:
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vqaudio", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny 8 kHz model trained through the CLI in its own working folder."""
-    work = tmp_path_factory.mktemp("cli")
-    (work / "tiny.yaml").write_text(yaml.safe_dump(tiny_dict(data={"sample_rate": 8000})))
-    old = os.getcwd()
-    os.chdir(work)
-    try:
-        invoke("train", "tiny.yaml", "train.steps=3", "--quiet", "--device", "cpu")
-    finally:
-        os.chdir(old)
-    checkpoint = sorted((work / "runs" / "tiny").glob("*/checkpoints/step_*.pt"))[-1]
-    return work, checkpoint
 
 
 def test_round_trip_of_a_real_vctk_file(trained, shared_data, tmp_path):

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from vqaudio.errors import TrainingInterrupted, VQAudioError
+from vqaudio.progress import preparation_bar
 
 app = typer.Typer(
     add_completion=False,
@@ -35,6 +36,11 @@ def _checkpoint_or_newest(checkpoint: Path | None, kind: str = "audio_vqvae") ->
     found = newest_checkpoint(Path("runs"), kind)
     err.print(f"using checkpoint {found}")
     return found
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in ("auto", "fast", "plain", "cuda-graph"):
+        raise VQAudioError(f"--backend {backend!r}: choose auto, fast, plain or cuda-graph")
 
 
 @app.command()
@@ -116,13 +122,99 @@ def decode(
     from vqaudio.device import resolve_device
     from vqaudio.progress import progress_bar
 
-    if backend not in ("auto", "fast", "plain", "cuda-graph"):
-        raise VQAudioError(f"--backend {backend!r}: choose auto, fast, plain or cuda-graph")
+    _check_backend(backend)
     codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
     request = open_codes(codec, source, target, speaker, force)
     with progress_bar("decode", request.num_samples, "samples") as update:
         info = decode_file(codec, request, target, force, temperature, seed, on_progress=update, backend=backend)
     out.print(f"wrote {target} ({info['num_samples'] / info['sample_rate']:.2f} s at {info['sample_rate']} Hz, speaker {info['speaker']})")
+
+
+@app.command("eval")
+def eval_command(
+    checkpoint: CheckpointOpt = None,
+    data: Annotated[
+        Optional[str],
+        typer.Option("--data", help="folder or audio file, or RECIPE.yaml[:valid|train|all]; default: the model's held-out split"),
+    ] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the report (per-clip rows) to this JSON file")] = None,
+    n_q: Annotated[Optional[int], typer.Option("--n-q", help="residual VQ: codebooks to keep (the bitrate)")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="decoder sampling temperature; 0 = most likely")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="random seed for sampling")] = 0,
+    backend: Annotated[str, typer.Option("--backend", help="auto, fast, plain or cuda-graph")] = "auto",
+    baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="run Opus and Codec2 when installed")] = True,
+    max_clips: Annotated[Optional[int], typer.Option("--max-clips", help="evaluate only the first N clips")] = None,
+    audio_dir: Annotated[
+        Optional[Path], typer.Option("--audio-dir", help="write each reference and reconstruction here for listening")
+    ] = None,
+    force: ForceOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Reconstruct held-out clips through the codes and measure them beside Opus and Codec2."""
+    from vqaudio.codec import load_codec
+    from vqaudio.device import resolve_device
+    from vqaudio.evaluation.baselines import available_baselines
+    from vqaudio.evaluation.clips import select_clips
+    from vqaudio.evaluation.evaluate import EvalOptions, evaluate
+    from vqaudio.evaluation.report import render_report, write_report
+    from vqaudio.fileio import check_writable
+    from vqaudio.progress import progress_bar
+
+    _check_backend(backend)
+    if json_out is not None:
+        check_writable(json_out, force)
+    if max_clips is not None and max_clips < 1:
+        raise VQAudioError(f"--max-clips {max_clips}: must be at least 1")
+    codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
+    options = EvalOptions(n_q, temperature, seed, backend, baselines, audio_dir=audio_dir)  # type: ignore[arg-type]
+    codec.check_n_q(n_q)
+    with preparation_bar("prepare data") as update:
+        clips, description = select_clips(data, codec.recipe, codec.sample_rate, codec.speakers, update)
+    clips = clips[:max_clips] if max_clips else clips
+    systems = 1 + (len(available_baselines()[0]) if baselines else 0)
+    with progress_bar("eval", len(clips) * systems, "runs") as update:
+        report = evaluate(codec, clips, description, options, on_progress=update)
+    render_report(report, out)
+    if json_out is not None:
+        write_report(report, json_out, force)
+        out.print(f"wrote {json_out}", soft_wrap=True)
+
+
+@app.command()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (runs/<name>/<timestamp> or runs/latest)")],
+    checkpoint: Annotated[
+        Optional[Path], typer.Option("-c", "--checkpoint", help="model checkpoint; default: the run's newest")
+    ] = None,
+    clip: Annotated[
+        Optional[str], typer.Option("--clip", help="held-out clip id or an audio file for the spectrograms; default: the first")
+    ] = None,
+    data: Annotated[
+        Optional[str], typer.Option("--data", help="clips for the usage histogram, as for eval; default: held-out split")
+    ] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="decoder sampling temperature")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="random seed for sampling")] = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Draw a run: training curves, original vs reconstruction spectrograms, codebook usage (PNG)."""
+    from vqaudio.codec import load_codec
+    from vqaudio.device import resolve_device
+    from vqaudio.evaluation.clips import select_clips
+    from vqaudio.plots import plot_run
+    from vqaudio.train.checkpoint import list_checkpoints
+    from vqaudio.train.run_dir import resolve_run_dir
+
+    run = resolve_run_dir(run_dir)
+    codec = load_codec(checkpoint or list_checkpoints(run)[-1], resolve_device(device))
+    with preparation_bar("prepare data") as update:
+        clips, _ = select_clips(data, codec.recipe, codec.sample_rate, codec.speakers, update)
+    if clip is not None and Path(clip).is_file():
+        own, _ = select_clips(clip, codec.recipe, codec.sample_rate, codec.speakers)
+        clips, clip = own + clips, own[0].id
+    with err.status("decoding the clip and drawing"):
+        written = plot_run(run, codec, clips, clip, temperature, seed)
+    for path in written:
+        out.print(f"wrote {path}", soft_wrap=True)
 
 
 @app.command()

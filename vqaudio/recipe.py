@@ -123,6 +123,7 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
     runs_dir: str = "runs"
+    tensorboard: bool = False  # also write TensorBoard event files to <run>/tensorboard
 
 
 class Recipe(_Strict):

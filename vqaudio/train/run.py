@@ -12,6 +12,7 @@ from vqaudio.errors import VQAudioError
 from vqaudio.recipe import Recipe, apply_overrides, dump_recipe, read_yaml, validate_recipe
 from vqaudio.tasks import build_setup
 from vqaudio.train.checkpoint import list_checkpoints, load_checkpoint
+from vqaudio.train.metrics_log import check_tensorboard_available
 from vqaudio.train.run_dir import create_run_dir, point_latest, resolve_run_dir
 from vqaudio.train.trainer import Trainer, TrainResult
 
@@ -35,6 +36,8 @@ def train(
 ) -> TrainResult:
     """Train `recipe` in a new run folder, or continue the run in `resume_dir`."""
     console = console or Console(stderr=True)
+    if recipe.train.tensorboard:
+        check_tensorboard_available()
     if show_progress:
         from vqaudio.progress import preparation_bar
 

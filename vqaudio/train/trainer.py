@@ -7,11 +7,10 @@ checkpoints, resumption and graceful interruption.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import nn
 from vqaudio.errors import TrainingInterrupted, VQAudioError
 from vqaudio.recipe import Recipe, TrainConfig
 from vqaudio.train.checkpoint import list_checkpoints, model_fingerprint, save_checkpoint
+from vqaudio.train.metrics_log import MetricsLog
 
 Batch = dict[str, torch.Tensor]
 
@@ -128,6 +128,7 @@ class Trainer:
         self.step = 0
         self.last_valid: dict[str, float] = {}
         self.autocast = device.type == "cuda"
+        self.metrics_log = MetricsLog(run_dir, self.config.tensorboard)
 
     # ----- state -----
 
@@ -170,9 +171,7 @@ class Trainer:
     # ----- logging -----
 
     def _log(self, split: str, values: dict[str, float]) -> None:
-        record = {"step": self.step, "split": split, "time": round(time.time(), 3), **values}
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        self.metrics_log.write(self.step, split, values)
 
     @staticmethod
     def _summary(values: dict[str, float]) -> str:
@@ -232,7 +231,7 @@ class Trainer:
         ]
         window: list[dict[str, float]] = []
         checkpoint = None
-        with _StopRequest() as stop, Progress(
+        with contextlib.closing(self.metrics_log), _StopRequest() as stop, Progress(
             *columns, console=self.console, disable=not self.show_progress, transient=False
         ) as progress:
             task = progress.add_task("train", total=cfg.steps, completed=self.step, summary="")

@@ -1,0 +1,1 @@
+"""Measuring a trained codec: metrics, alignment, clip selection, classical baselines, the report."""

@@ -1,0 +1,55 @@
+"""Showing an evaluation report: a rich table of mean ± spread per system, and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from vqaudio.evaluation.evaluate import METRICS
+from vqaudio.fileio import atomic_output
+
+
+def _cell(summary: dict[str, Any], digits: int) -> str:
+    if summary["mean"] is None:
+        return "-"
+    return f"{summary['mean']:.{digits}f}±{summary['std']:.{digits}f}"
+
+
+def render_report(report: dict[str, Any], console: Console) -> None:
+    """The table a person reads: one row per system, one column per metric."""
+    title = (
+        f"{report['clips_evaluated']} clips, {report['seconds']:.1f} s ({report['data']}); "
+        f"model step {report['step']}, temperature {report['temperature']:g}"
+    )
+    table = Table(title=title)  # one column per system, so that it fits 80 columns
+    table.add_column("metric", no_wrap=True)
+    for system in report["systems"]:
+        table.add_column(system["name"], justify="right")
+    table.add_row("bit/s", *(f"{system['bitrate']:.0f}" for system in report["systems"]))
+    for metric, (heading, higher_better) in METRICS.items():
+        digits = 1 if metric == "si_snr" else 2
+        cells = [_cell(system["summary"][metric], digits) for system in report["systems"]]
+        table.add_row(f"{heading} {'↑' if higher_better else '↓'}", *cells)
+    table.add_row("lag ms", *(_cell(system["summary"]["lag_ms"], 1) for system in report["systems"]))
+    console.print(table)
+    usage = report["codebook_usage"]
+    console.print(
+        f"model: {report['n_q']} codebook(s) of {usage['codebook_size']} at {report['systems'][0]['bitrate']:.0f} bit/s raw; "
+        f"on these clips {usage['codes_used']:.0f} codes used, perplexity {usage['perplexity']:.1f}, "
+        f"entropy {usage['entropy']:.2f} of {math.log2(usage['codebook_size']):.0f} bits"
+    )
+    for metric, reason in report["skipped_metrics"].items():
+        console.print(f"[yellow]skipped {METRICS[metric][0]}:[/] {reason}")
+    for note in report["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+def write_report(report: dict[str, Any], path: Path, force: bool = False) -> None:
+    """The JSON report, written to a temporary file and renamed."""
+    with atomic_output(path, force=force) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
