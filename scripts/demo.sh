@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up if needed, train the demo recipe on the embedded synthetic speech, then encode and
-# decode a held-out demo utterance and say where everything is.
+# Set up if needed, train the demo recipe on the embedded synthetic speech, encode and decode a
+# held-out demo utterance, evaluate the held-out clips, draw the run, and say where everything is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -15,6 +15,8 @@ $vq demo-clip "$out/original.wav" --speaker 2 --seconds 3 --force
 $vq encode "$out/original.wav" "$out/codes.npy" -c "$checkpoint" --speaker demo2 --force
 $vq decode "$out/codes.npy" "$out/decoded.wav" -c "$checkpoint" --force
 $vq decode "$out/codes.npy" "$out/decoded_as_demo0.wav" -c "$checkpoint" --speaker demo0 --force
+$vq eval -c "$checkpoint" --json "$run/eval.json" --force
+$vq plot "$run"
 
 cat <<MSG
 
@@ -25,4 +27,6 @@ Demo finished. In $run:
   example/codes.npy(.json)     its codes and sidecar
   example/decoded.wav          decoded from the codes
   example/decoded_as_demo0.wav the same codes decoded as speaker 0 (voice conversion)
+  eval.json                    vqaudio eval on the held-out clips (beside Opus and Codec2 if installed)
+  plots/                       training curves, spectrograms, codebook usage (vqaudio plot)
 MSG

@@ -18,6 +18,7 @@ import torch
 
 from vqaudio.audio.io import write_wav
 from vqaudio.codec import Codec, decode_codes, encode_audio
+from vqaudio.errors import VQAudioError
 from vqaudio.evaluation.alignment import align, estimate_lag
 from vqaudio.evaluation.baselines import Baseline, available_baselines, transcode
 from vqaudio.evaluation.clips import EvalClip
@@ -101,6 +102,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Measure the model (and the available baselines) on `clips`; returns the JSON report."""
     options = options or EvalOptions()
+    if not clips:
+        raise VQAudioError(f"no clips to evaluate in {data_description}")
     sr = codec.sample_rate
     n_q = codec.check_n_q(options.n_q)
     skipped = optional_metrics_missing()
