@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -74,24 +75,36 @@ def train(
         out.print(f"validation: {summary}")
 
 
+PriorOpt = Annotated[
+    Optional[Path], typer.Option("--prior", help="prior checkpoint for .vqa files; default: the newest prior under ./runs")
+]
+
+
 @app.command()
 def encode(
     source: Annotated[Path, typer.Argument(help="audio file (anything soundfile reads)")],
-    target: Annotated[Path, typer.Argument(help="codes file to write (.npy, with a .npy.json sidecar)")],
+    target: Annotated[Path, typer.Argument(help="codes file to write (.npy + .npy.json sidecar, or .vqa with --entropy)")],
     checkpoint: CheckpointOpt = None,
     speaker: Annotated[Optional[str], typer.Option("--speaker", help="record this speaker (index or name)")] = None,
     n_q: Annotated[
         Optional[int], typer.Option("--n-q", help="residual VQ: keep the first N codebooks (the bitrate); default all")
     ] = None,
+    entropy: Annotated[
+        bool, typer.Option("--entropy", help="write a compressed .vqa bitstream, range-coded under the learned prior")
+    ] = False,
+    prior_checkpoint: PriorOpt = None,
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Turn a recording into VQ-VAE codes."""
+    """Turn a recording into VQ-VAE codes (or, with --entropy, a compressed .vqa bitstream)."""
     from vqaudio.audio.io import expected_samples
     from vqaudio.codec import encode_file, load_codec
     from vqaudio.device import resolve_device
     from vqaudio.progress import progress_bar
 
+    if entropy:
+        _encode_entropy(source, target, checkpoint, speaker, n_q, prior_checkpoint, force, device)
+        return
     codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
     with progress_bar("encode", expected_samples(source, codec.sample_rate), "samples") as update:
         side = encode_file(codec, source, target, speaker=speaker, force=force, on_progress=update, n_q=n_q)
@@ -100,6 +113,40 @@ def encode(
     out.print(
         f"wrote {target} ({side['shape'][-1]} frames{books} for {seconds:.2f} s at {side['bitrate']:.0f} bit/s, "
         f"speaker {side['speaker'] or 'not recorded'})"
+    )
+
+
+def _encode_entropy(
+    source: Path, target: Path, checkpoint: Path | None, speaker: str | None, n_q: int | None,
+    prior_checkpoint: Path | None, force: bool, device: str,
+) -> None:  # fmt: skip
+    from vqaudio.audio.io import iter_audio
+    from vqaudio.bitstream import entropy_encode, write_vqa
+    from vqaudio.codec import encode_chunks, guess_speaker
+    from vqaudio.device import resolve_device
+    from vqaudio.fileio import check_writable
+    from vqaudio.prior import load_prior
+    from vqaudio.progress import progress_bar
+
+    check_writable(target, force)
+    prior = load_prior(_checkpoint_or_newest(prior_checkpoint, "code_prior"), resolve_device(device), checkpoint)
+    codec = prior.codec
+    if n_q is not None and n_q != codec.n_q:
+        raise VQAudioError(f"--n-q {n_q}: the prior models all {codec.n_q} codebook(s); --entropy codes them all")
+    speaker = speaker if speaker is not None else guess_speaker(source, codec.speakers)
+    if speaker is None:
+        err.print(f"no speaker given or found in the file name: recording speaker {codec.speakers[0]} (--speaker to choose)")
+    index = codec.speaker_index(speaker)
+    codes, num_samples = encode_chunks(codec, iter_audio(source, codec.sample_rate))
+    with progress_bar("entropy-code", codes.shape[1], "frames") as update:
+        encoded = entropy_encode(prior, codes, index, num_samples, update)
+    write_vqa(target, encoded, force)
+    seconds = num_samples / codec.sample_rate
+    raw = codes.size * math.log2(codec.codebook_size)
+    out.print(
+        f"wrote {target} ({len(encoded.data)} bytes for {seconds:.2f} s: {8 * len(encoded.data) / seconds:.0f} bit/s; "
+        f"raw codes {raw / seconds:.0f} bit/s; prior estimate {encoded.estimated_bits / seconds:.0f} bit/s)",
+        soft_wrap=True,
     )
 
 
@@ -114,20 +161,96 @@ def decode(
     backend: Annotated[
         str, typer.Option("--backend", help="auto, fast (fused CPU kernel), plain (PyTorch) or cuda-graph")
     ] = "auto",
+    prior_checkpoint: PriorOpt = None,
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Turn codes back into audio with the WaveNet decoder (another --speaker converts the voice)."""
+    """Turn codes (.npy or .vqa) back into audio with the WaveNet decoder (another --speaker converts the voice)."""
     from vqaudio.codec import decode_file, load_codec, open_codes
     from vqaudio.device import resolve_device
     from vqaudio.progress import progress_bar
 
     _check_backend(backend)
-    codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
-    request = open_codes(codec, source, target, speaker, force)
+    from vqaudio.bitstream import is_vqa
+
+    if is_vqa(source):
+        codec, request = _open_vqa(source, target, checkpoint, prior_checkpoint, speaker, force, device)
+    else:
+        codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
+        request = open_codes(codec, source, target, speaker, force)
     with progress_bar("decode", request.num_samples, "samples") as update:
         info = decode_file(codec, request, target, force, temperature, seed, on_progress=update, backend=backend)
     out.print(f"wrote {target} ({info['num_samples'] / info['sample_rate']:.2f} s at {info['sample_rate']} Hz, speaker {info['speaker']})")
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="recording to convert (anything soundfile reads)")],
+    target: Annotated[Path, typer.Argument(help="wav file to write")],
+    speaker: Annotated[str, typer.Option("--speaker", help="the voice to convert to: index or name")],
+    checkpoint: CheckpointOpt = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="sampling temperature; 0 = most likely")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="random seed for sampling")] = 0,
+    backend: Annotated[str, typer.Option("--backend", help="auto, fast, plain or cuda-graph")] = "auto",
+    force: ForceOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Voice conversion: encode a recording and decode its codes as another speaker."""
+    from vqaudio.audio.io import expected_samples
+    from vqaudio.codec import convert_file, load_codec
+    from vqaudio.device import resolve_device
+    from vqaudio.progress import progress_bar
+
+    _check_backend(backend)
+    codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
+    with progress_bar("convert", expected_samples(source, codec.sample_rate), "samples") as update:
+        info = convert_file(codec, source, target, speaker, force, temperature, seed, update, backend)  # type: ignore[arg-type]
+    out.print(f"wrote {target} ({info['num_samples'] / info['sample_rate']:.2f} s, voice of {info['speaker']})", soft_wrap=True)
+
+
+@app.command()
+def sample(
+    speaker: Annotated[Optional[str], typer.Option("--speaker", help="index or name; default 0")] = None,
+    seconds: Annotated[float, typer.Option("--seconds", help="length of each sample")] = 4.0,
+    count: Annotated[int, typer.Option("-n", help="how many samples")] = 1,
+    out_dir: Annotated[Path, typer.Option("-o", "--out", help="folder for the wav and codes files")] = Path("samples"),
+    checkpoint: Annotated[
+        Optional[Path], typer.Option("-c", "--checkpoint", help="prior checkpoint; default: the newest prior under ./runs")
+    ] = None,
+    vqvae: Annotated[Optional[Path], typer.Option("--vqvae", help="the prior's VQ-VAE checkpoint, if it has moved")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="prior sampling temperature")] = 1.0,
+    decoder_temperature: Annotated[float, typer.Option("--decoder-temperature", help="WaveNet decoder temperature")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="random seed")] = 0,
+    backend: Annotated[str, typer.Option("--backend", help="decoder back end: auto, fast, plain or cuda-graph")] = "auto",
+    force: ForceOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Generate new speech: sample codes from the learned prior, decode them with the VQ-VAE."""
+    from vqaudio.audio.io import write_wav
+    from vqaudio.codec import write_codes
+    from vqaudio.device import resolve_device
+    from vqaudio.fileio import check_writable
+    from vqaudio.prior import decode_samples, load_prior, sample_prior_codes
+    from vqaudio.progress import progress_bar
+
+    _check_backend(backend)
+    prior = load_prior(_checkpoint_or_newest(checkpoint, "code_prior"), resolve_device(device), vqvae)
+    codec = prior.codec
+    name = codec.speakers[codec.speaker_index(speaker)]
+    stems = [out_dir / f"{name}_seed{seed}_{i}" for i in range(count)]
+    for stem in stems:
+        for path in (stem.with_suffix(".wav"), stem.with_suffix(".npy"), stem.with_suffix(".npy.json")):
+            check_writable(path, force)
+    frames = max(1, math.ceil(seconds * prior.code_rate))
+    with progress_bar("sample codes", frames, "frames") as update:
+        codes, index = sample_prior_codes(prior, speaker, seconds, count, temperature, seed, update)
+    with progress_bar("decode", frames * codec.hop, "samples") as update:
+        audio = decode_samples(prior, codes, index, decoder_temperature, seed, backend, update)
+    num_samples = round(seconds * codec.sample_rate)
+    for stem, one_codes, one_audio in zip(stems, codes, audio):
+        write_wav(stem.with_suffix(".wav"), one_audio[:num_samples], codec.sample_rate, force=True)
+        write_codes(codec, one_codes, stem.with_suffix(".npy"), index, num_samples, f"sampled from {prior.checkpoint}", True)
+        out.print(f"wrote {stem.with_suffix('.wav')} and its codes", soft_wrap=True)
 
 
 @app.command("eval")
@@ -147,10 +270,15 @@ def eval_command(
     audio_dir: Annotated[
         Optional[Path], typer.Option("--audio-dir", help="write each reference and reconstruction here for listening")
     ] = None,
+    prior_checkpoint: Annotated[
+        Optional[Path], typer.Option("--prior", help="also entropy-code every clip under this prior (.vqa bitrate)")
+    ] = None,
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Reconstruct held-out clips through the codes and measure them beside Opus and Codec2."""
+    """Reconstruct held-out clips through the codes and measure them beside Opus and Codec2.
+
+    -c may name a prior checkpoint: its VQ-VAE is evaluated and the clips are entropy-coded too."""
     from vqaudio.codec import load_codec
     from vqaudio.device import resolve_device
     from vqaudio.evaluation.baselines import available_baselines
@@ -158,14 +286,23 @@ def eval_command(
     from vqaudio.evaluation.evaluate import EvalOptions, evaluate
     from vqaudio.evaluation.report import render_report, write_report
     from vqaudio.fileio import check_writable
+    from vqaudio.prior import load_prior
     from vqaudio.progress import progress_bar
+    from vqaudio.train.checkpoint import checkpoint_kind
 
     _check_backend(backend)
     if json_out is not None:
         check_writable(json_out, force)
     if max_clips is not None and max_clips < 1:
         raise VQAudioError(f"--max-clips {max_clips}: must be at least 1")
-    codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
+    prior = None
+    if checkpoint is not None and prior_checkpoint is None and checkpoint_kind(checkpoint) == "code_prior":
+        prior_checkpoint, checkpoint = checkpoint, None
+    if prior_checkpoint is not None:
+        prior = load_prior(prior_checkpoint, resolve_device(device), checkpoint)
+        codec = prior.codec
+    else:
+        codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
     options = EvalOptions(n_q, temperature, seed, backend, baselines, audio_dir=audio_dir)  # type: ignore[arg-type]
     codec.check_n_q(n_q)
     with preparation_bar("prepare data") as update:
@@ -173,7 +310,7 @@ def eval_command(
     clips = clips[:max_clips] if max_clips else clips
     systems = 1 + (len(available_baselines()[0]) if baselines else 0)
     with progress_bar("eval", len(clips) * systems, "runs") as update:
-        report = evaluate(codec, clips, description, options, on_progress=update)
+        report = evaluate(codec, clips, description, options, on_progress=update, prior=prior)
     render_report(report, out)
     if json_out is not None:
         write_report(report, json_out, force)
@@ -215,6 +352,27 @@ def plot(
         written = plot_run(run, codec, clips, clip, temperature, seed)
     for path in written:
         out.print(f"wrote {path}", soft_wrap=True)
+
+
+def _open_vqa(
+    source: Path, target: Path, checkpoint: Path | None, prior_checkpoint: Path | None, speaker: str | None,
+    force: bool, device: str,
+):  # fmt: skip
+    """Entropy-decode a .vqa file into a DecodeRequest (the codes, speaker and length)."""
+    from vqaudio.bitstream import entropy_decode
+    from vqaudio.codec import DecodeRequest
+    from vqaudio.device import resolve_device
+    from vqaudio.fileio import check_writable
+    from vqaudio.prior import load_prior
+    from vqaudio.progress import progress_bar
+
+    check_writable(target, force)
+    prior = load_prior(_checkpoint_or_newest(prior_checkpoint, "code_prior"), resolve_device(device), checkpoint)
+    data = source.read_bytes()
+    with progress_bar("entropy-decode", None, "frames") as update:
+        codes, header = entropy_decode(prior, data, source, update)
+    index = prior.codec.speaker_index(speaker) if speaker is not None else header.speaker_index
+    return prior.codec, DecodeRequest(codes, index, header.num_samples)
 
 
 @app.command()

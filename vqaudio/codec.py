@@ -188,14 +188,31 @@ def encode_file(
     """Encode `source` to `target` (.npy) and its sidecar, streaming the audio; returns the sidecar.
 
     The file holds [frames] codes for one codebook, [n_q, frames] for several."""
-    sidecar_path = sidecar_for(target)
     check_writable(target, force)
-    check_writable(sidecar_path, force)
+    check_writable(sidecar_for(target), force)
     if speaker is None:
         speaker = guess_speaker(source, codec.speakers)
     speaker_index = codec.speaker_index(speaker) if speaker is not None else None
     n_q = codec.check_n_q(n_q)
     codes, num_samples = encode_chunks(codec, iter_audio(source, codec.sample_rate), on_progress=on_progress, n_q=n_q)
+    return write_codes(codec, codes, target, speaker_index, num_samples, str(source), force)
+
+
+def write_codes(
+    codec: Codec,
+    codes: np.ndarray,
+    target: Path,
+    speaker_index: int | None,
+    num_samples: int,
+    source: str,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Write codes [n_q, frames] to `target` (.npy; [frames] for one codebook) and its sidecar."""
+    sidecar_path = sidecar_for(target)
+    check_writable(target, force)
+    check_writable(sidecar_path, force)
+    n_q = codes.shape[0]
+    codes = codes.astype(_codes_dtype(codec.codebook_size))
     if n_q == 1:
         codes = codes[0]
     sidecar = {
@@ -211,11 +228,10 @@ def encode_file(
         "speaker_index": speaker_index,
         "num_samples": int(num_samples),
         "shape": list(codes.shape),
-        "source": str(source),
+        "source": source,
     }
-    with atomic_output(target, force=True) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, codes, allow_pickle=False)
+    with atomic_output(target, force=True) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, codes, allow_pickle=False)
     with atomic_output(sidecar_path, force=True) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
     return sidecar
@@ -377,3 +393,22 @@ def decode_file(
             if on_progress is not None:
                 on_progress(written)
     return {"speaker": codec.speakers[request.speaker_index], "num_samples": written, "sample_rate": codec.sample_rate}
+
+
+def convert_file(
+    codec: Codec,
+    source: Path,
+    target: Path,
+    speaker: str | int,
+    force: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+    backend: Backend = "auto",
+) -> dict[str, Any]:
+    """Voice conversion: encode `source` and decode its codes as `speaker` into `target`."""
+    check_writable(target, force)
+    speaker_index = codec.speaker_index(speaker)
+    codes, num_samples = encode_chunks(codec, iter_audio(source, codec.sample_rate))
+    request = DecodeRequest(codes, speaker_index, num_samples)
+    return decode_file(codec, request, target, force, temperature, seed, on_progress, backend)

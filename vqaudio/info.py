@@ -36,6 +36,14 @@ def checkpoint_summary(path: Path) -> dict:
             bitrate=n_q * per_book,
             bitrates=[n * per_book for n in range(1, n_q + 1)],
         )
+        bits = summary["valid"].get("bits_per_code")
+        if summary["kind"] == "code_prior" and bits is not None:
+            codes_per_second = n_q * meta["sample_rate"] / meta["hop"]
+            summary.update(
+                vqvae_checkpoint=meta.get("vqvae_checkpoint"),
+                bits_per_code=bits,
+                prior_bitrate=codes_per_second * bits,
+            )
     return summary
 
 
@@ -51,6 +59,12 @@ def describe_checkpoint(path: Path, console: Console) -> None:
         if s["n_q"] > 1:
             rates = ", ".join(f"{n}: {rate:.0f}" for n, rate in enumerate(s["bitrates"], start=1))
             console.print(f"residual VQ, {s['n_q']} codebooks; bit/s by codebooks kept (encode --n-q): {rates}")
+        if "prior_bitrate" in s:
+            console.print(
+                f"prior over the codes of {s['vqvae_checkpoint']}: held-out {s['bits_per_code']:.3f} bits per code "
+                f"(raw {math.log2(s['codebook_size']):.0f}); bitrate raw {s['bitrate']:.0f} bit/s, "
+                f"under the prior {s['prior_bitrate']:.0f} bit/s (what encode --entropy approaches)"
+            )
         valid = s["valid"]
         if "codes_used" in valid:
             console.print(

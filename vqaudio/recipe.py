@@ -104,8 +104,30 @@ class DecoderConfig(_Strict):
         return self
 
 
+class PriorConfig(_Strict):
+    """A WaveNet prior over the codes of a trained VQ-VAE (model.kind: code_prior)."""
+
+    vqvae: str  # the VQ-VAE: a run folder, a checkpoint, or "newest" (newest VQ-VAE under train.runs_dir)
+    crop_frames: int = Field(256, ge=2)  # code frames per training example
+    layers: int = Field(20, ge=1)
+    stacks: int = Field(2, ge=1)
+    kernel_size: int = Field(2, ge=2)
+    residual_channels: int = Field(64, ge=1)
+    gate_channels: int = Field(128, ge=2)
+    skip_channels: int = Field(128, ge=1)
+    speaker_dim: int = Field(16, ge=0)
+
+    @model_validator(mode="after")
+    def _shape(self) -> PriorConfig:
+        if self.gate_channels % 2:
+            raise ValueError("prior.gate_channels must be even (half tanh, half sigmoid)")
+        if self.layers % self.stacks:
+            raise ValueError("prior.layers must be a multiple of prior.stacks")
+        return self
+
+
 class ModelConfig(_Strict):
-    kind: Literal["audio_vqvae"] = "audio_vqvae"
+    kind: Literal["audio_vqvae", "code_prior"] = "audio_vqvae"
     encoder: EncoderConfig = EncoderConfig()
     quantizer: QuantizerConfig = QuantizerConfig()
     decoder: DecoderConfig = DecoderConfig()
@@ -131,7 +153,19 @@ class Recipe(_Strict):
     seed: int = 0
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    prior: PriorConfig | None = None
     train: TrainConfig
+
+    @model_validator(mode="after")
+    def _prior_sections(self) -> Recipe:
+        if self.model.kind == "code_prior":
+            if self.prior is None:
+                raise ValueError("model.kind code_prior needs a prior section with prior.vqvae (the VQ-VAE run)")
+            if "data" in self.model_fields_set:
+                raise ValueError("a code_prior recipe trains on its VQ-VAE's own corpus: remove the data section")
+        elif self.prior is not None:
+            raise ValueError("the prior section belongs to model.kind code_prior recipes")
+        return self
 
     @model_validator(mode="after")
     def _crop_fits_hop(self) -> Recipe:
@@ -148,7 +182,9 @@ class Recipe(_Strict):
         return 2 ** self.model.encoder.downsample_layers
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The resolved recipe; a prior's has no data section (it uses its VQ-VAE's corpus)."""
+        skip = {"data"} if self.model.kind == "code_prior" else {"prior"}
+        return self.model_dump(mode="json", exclude=skip)
 
 
 def _fields_at(path: tuple[Any, ...]) -> list[str]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from vqaudio.audio.io import write_wav
+from vqaudio.bitstream import entropy_encode
 from vqaudio.codec import Codec, decode_codes, encode_audio
 from vqaudio.errors import VQAudioError
 from vqaudio.evaluation.alignment import align, estimate_lag
@@ -25,6 +26,7 @@ from vqaudio.evaluation.clips import EvalClip
 from vqaudio.evaluation.metrics import all_metrics, optional_metrics_missing
 from vqaudio.generation.engine import Backend
 from vqaudio.models.quantizer import usage_stats
+from vqaudio.prior import Prior
 
 REPORT_FORMAT = "vqaudio-eval"
 REPORT_VERSION = 1
@@ -99,8 +101,12 @@ def evaluate(
     data_description: str,
     options: EvalOptions | None = None,
     on_progress: Callable[[int], None] | None = None,
+    prior: Prior | None = None,
 ) -> dict[str, Any]:
-    """Measure the model (and the available baselines) on `clips`; returns the JSON report."""
+    """Measure the model (and the available baselines) on `clips`; returns the JSON report.
+
+    With a `prior` (trained on this model's codes), every clip is also entropy-coded into a .vqa
+    bitstream, and the report gives the prior's bits per code and the coded bitrate."""
     options = options or EvalOptions()
     if not clips:
         raise VQAudioError(f"no clips to evaluate in {data_description}")
@@ -114,6 +120,11 @@ def evaluate(
     if options.audio_dir is not None:
         options.audio_dir.mkdir(parents=True, exist_ok=True)
 
+    if prior is not None and prior.codec.fingerprint != codec.fingerprint:
+        raise VQAudioError(f"{prior.checkpoint} is a prior for model {prior.codec.fingerprint}, not {codec.fingerprint}")
+    if prior is not None and n_q != codec.n_q:
+        raise VQAudioError(f"--n-q {n_q}: the prior codes all {codec.n_q} codebooks; drop --n-q or --prior")
+    coded_bytes, estimated_bits = 0, 0.0
     rows: list[dict[str, Any]] = []
     all_codes: list[np.ndarray] = []
     stream_bytes: dict[str, int] = {b.name: 0 for b in baselines}
@@ -130,6 +141,11 @@ def evaluate(
             speaker, unknown_speakers = 0, unknown_speakers + 1
         decoded = decode_codes(codec, codes, speaker, clip.audio.size, options.temperature, options.seed, options.backend)
         rows.append(_measure(clip, decoded, MODEL_SYSTEM, sr, options))
+        if prior is not None:
+            encoded = entropy_encode(prior, codes, speaker, clip.audio.size)
+            coded_bytes += len(encoded.data)
+            estimated_bits += encoded.estimated_bits
+            rows[-1].update(vqa_bytes=len(encoded.data), prior_bits_per_code=encoded.estimated_bits / codes.size)
         done += 1
         if on_progress:
             on_progress(done)
@@ -147,6 +163,14 @@ def evaluate(
     for system in systems:
         mine = [r for r in rows if r["system"] == system["name"]]
         system["summary"] = {m: _spread([r[m] for r in mine]) for m in [*METRICS, "lag_ms"]}
+    if prior is not None:
+        total_codes = sum(c.size for c in all_codes)
+        systems[0].update(
+            prior_checkpoint=str(prior.checkpoint),
+            prior_bits_per_code=estimated_bits / total_codes,
+            prior_bitrate=estimated_bits / seconds,
+            entropy_coded_bitrate=8 * coded_bytes / seconds,
+        )
     notes = list(baseline_notes)
     if unknown_speakers:
         notes.append(f"{unknown_speakers} clip(s) by speakers the model does not know: decoded as {codec.speakers[0]}")

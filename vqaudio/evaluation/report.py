@@ -43,6 +43,13 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         f"on these clips {usage['codes_used']:.0f} codes used, perplexity {usage['perplexity']:.1f}, "
         f"entropy {usage['entropy']:.2f} of {math.log2(usage['codebook_size']):.0f} bits"
     )
+    model = report["systems"][0]
+    if "entropy_coded_bitrate" in model:
+        console.print(
+            f"bitrate side by side: raw {model['bitrate']:.0f} bit/s ({math.log2(usage['codebook_size']):.0f} bits per code); "
+            f"under the prior {model['prior_bitrate']:.0f} bit/s ({model['prior_bits_per_code']:.3f} bits per code); "
+            f"entropy-coded .vqa files {model['entropy_coded_bitrate']:.0f} bit/s (headers included)"
+        )
     for metric, reason in report["skipped_metrics"].items():
         console.print(f"[yellow]skipped {METRICS[metric][0]}:[/] {reason}")
     for note in report["notes"]:

@@ -14,4 +14,8 @@ def build_setup(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainS
         from vqaudio.tasks.audio_vqvae import build_audio_vqvae
 
         return build_audio_vqvae(recipe, on_progress)
+    if recipe.model.kind == "code_prior":
+        from vqaudio.tasks.code_prior import build_code_prior
+
+        return build_code_prior(recipe, on_progress)
     raise VQAudioError(f"model.kind {recipe.model.kind!r} has no training task")

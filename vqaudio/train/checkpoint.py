@@ -76,3 +76,8 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(folder.glob("step_*.pt"), key=checkpoint_step)
+
+
+def checkpoint_kind(path: str | Path) -> str | None:
+    """The model kind a checkpoint holds ("audio_vqvae", "code_prior", ...), read safely."""
+    return load_checkpoint(path).get("kind")

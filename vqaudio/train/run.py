@@ -9,7 +9,13 @@ import torch
 from rich.console import Console
 
 from vqaudio.errors import VQAudioError
-from vqaudio.recipe import Recipe, apply_overrides, dump_recipe, read_yaml, validate_recipe
+from vqaudio.recipe import (
+    Recipe,
+    apply_overrides,
+    dump_recipe,
+    read_yaml,
+    validate_recipe,
+)
 from vqaudio.tasks import build_setup
 from vqaudio.train.checkpoint import list_checkpoints, load_checkpoint
 from vqaudio.train.metrics_log import check_tensorboard_available

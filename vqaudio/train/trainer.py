@@ -18,12 +18,23 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 
 from vqaudio.errors import TrainingInterrupted, VQAudioError
 from vqaudio.recipe import Recipe, TrainConfig
-from vqaudio.train.checkpoint import list_checkpoints, model_fingerprint, save_checkpoint
+from vqaudio.train.checkpoint import (
+    list_checkpoints,
+    model_fingerprint,
+    save_checkpoint,
+)
 from vqaudio.train.metrics_log import MetricsLog
 
 Batch = dict[str, torch.Tensor]

@@ -1,0 +1,131 @@
+"""The .vqa bitstream: exact round trips, size close to the prior's estimate, clear errors on bad files."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from vqaudio.bitstream import HEADER_SIZE, entropy_decode, entropy_encode, is_vqa, parse_vqa
+from vqaudio.errors import VQAudioError
+from vqaudio.models.code_prior import CodePrior
+from vqaudio.prior import Prior
+
+K = 32
+
+
+def tiny_prior(n_q: int, fingerprint: str = "p" * 16) -> Prior:
+    torch.manual_seed(3)
+    model = CodePrior(K, n_q, num_speakers=2, layers=4, stacks=1, residual_channels=8, gate_channels=16,
+                      skip_channels=16, speaker_dim=4).eval()
+    with torch.no_grad():  # a peaked, input-dependent distribution, so that coding saves bits
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    codec = SimpleNamespace(fingerprint="v" * 16, sample_rate=8000, hop=8, codebook_size=K, n_q=n_q,
+                            speakers=["a", "b"])
+    return Prior(model, codec, Path("prior.pt"), fingerprint, 10, {})
+
+
+def likely_codes(prior: Prior, frames: int, seed: int) -> np.ndarray:
+    """Codes drawn from the prior itself, so that their cost is about its entropy."""
+    from vqaudio.models.code_prior import sample_codes
+
+    g = torch.Generator().manual_seed(seed)
+    return sample_codes(prior.model, frames, torch.tensor([1]), generator=g)[0].numpy()
+
+
+@pytest.mark.parametrize("n_q, frames, seed", [(1, 1, 0), (1, 37, 1), (1, 400, 2), (2, 150, 3), (3, 64, 4)])
+def test_round_trip_is_exact(n_q, frames, seed):
+    prior = tiny_prior(n_q)
+    codes = likely_codes(prior, frames, seed)
+    encoded = entropy_encode(prior, codes, 1, frames * 8 - 3)
+    decoded, header = entropy_decode(prior, encoded.data, Path("x.vqa"))
+    np.testing.assert_array_equal(decoded, codes)
+    assert (header.speaker_index, header.num_samples, header.frames, header.n_q) == (1, frames * 8 - 3, frames, n_q)
+
+
+def test_uniformly_random_codes_also_round_trip():
+    prior = tiny_prior(2)
+    codes = np.random.default_rng(0).integers(0, K, (2, 200))
+    decoded, _ = entropy_decode(prior, entropy_encode(prior, codes, 0, 1600).data, Path("x.vqa"))
+    np.testing.assert_array_equal(decoded, codes)
+
+
+@pytest.mark.parametrize("n_q", [1, 2])
+def test_size_is_within_one_percent_of_the_prior_estimate_plus_header(n_q):
+    prior = tiny_prior(n_q)
+    codes = likely_codes(prior, 600, 7)
+    encoded = entropy_encode(prior, codes, 1, 4800)
+    payload_bits = 8 * (len(encoded.data) - HEADER_SIZE)
+    assert payload_bits <= 1.01 * encoded.estimated_bits + 64  # + the coder's final 64-bit flush
+    assert payload_bits >= encoded.estimated_bits - 64
+    # The prior really compresses these codes: fewer bits than log2 K per code.
+    assert encoded.estimated_bits < 0.9 * codes.size * np.log2(K)
+    # The estimate is the teacher-forced NLL of the same codes.
+    lp = prior.model.log_probs(torch.as_tensor(codes)[None], torch.tensor([1]))
+    nll_bits = -lp.gather(2, torch.as_tensor(codes.T.reshape(1, -1, 1))).sum().item() / np.log(2)
+    assert encoded.estimated_bits == pytest.approx(nll_bits, rel=1e-4)
+
+
+@pytest.fixture
+def good_file() -> tuple[Prior, bytes]:
+    prior = tiny_prior(1)
+    return prior, entropy_encode(prior, likely_codes(prior, 80, 9), 0, 640).data
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: d[:50], "truncated .vqa file (50 bytes"),
+        (lambda d: d[:-4], "truncated: the header promises"),
+        (lambda d: d + b"xx", "has trailing bytes"),
+        (lambda d: b"RIFF" + d[4:], "not a vqaudio .vqa file"),
+        (lambda d: d[:30] + bytes([d[30] ^ 1]) + d[31:], "header is corrupt"),
+        (lambda d: d[:8] + b"\x09\x00" + d[10:], "format version 9 is not supported"),
+        (lambda d: d[:HEADER_SIZE] + bytes(len(d) - HEADER_SIZE), "corrupt"),
+    ],
+)
+def test_damaged_files_give_a_clear_error(good_file, damage, message):
+    prior, data = good_file
+    with pytest.raises(VQAudioError, match="x.vqa") as info:
+        entropy_decode(prior, damage(data), Path("x.vqa"))
+    assert message in str(info.value)
+
+
+def test_flipped_payload_bits_are_caught(good_file):
+    prior, data = good_file
+    caught = 0
+    for position in range(HEADER_SIZE, len(data)):
+        damaged = data[:position] + bytes([data[position] ^ 0x10]) + data[position + 1 :]
+        try:
+            decoded, _ = entropy_decode(prior, damaged, Path("x.vqa"))
+        except VQAudioError:
+            caught += 1
+    assert caught == len(data) - HEADER_SIZE  # every flip: a checksum or coder error, never silent garbage
+
+
+def test_a_file_from_another_prior_is_refused(good_file, tmp_path):
+    _, data = good_file
+    with pytest.raises(VQAudioError, match="coded with prior pppppppppppppppp"):
+        entropy_decode(tiny_prior(1, fingerprint="q" * 16), data, Path("x.vqa"))
+    path = tmp_path / "f.vqa"
+    path.write_bytes(data)
+    assert is_vqa(path) and not is_vqa(tmp_path / "missing.vqa")
+    header, payload = parse_vqa(data, path)
+    assert payload.dtype == np.dtype("<u4") and len(data) == HEADER_SIZE + 4 * payload.size
+
+
+def test_an_absurd_length_is_refused_before_allocating(good_file):
+    import struct
+    import zlib
+
+    from vqaudio.bitstream import _LAYOUT
+
+    prior, data = good_file
+    fields = list(_LAYOUT.unpack(data[: _LAYOUT.size]))
+    fields[10], fields[11] = 8 * 2**40, 2**40  # samples, frames: years of audio
+    body = _LAYOUT.pack(*fields)
+    forged = body + struct.pack("<I", zlib.crc32(body)) + data[HEADER_SIZE:]
+    with pytest.raises(VQAudioError, match="claims 8796093022208 samples"):
+        entropy_decode(prior, forged, Path("x.vqa"))

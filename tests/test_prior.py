@@ -1,0 +1,99 @@
+"""The code prior: causality, incremental equals full pass, sampling shapes and seeds."""
+
+import math
+
+import pytest
+import torch
+
+from vqaudio.models.code_prior import IGNORE, CodePrior, sample_codes
+
+K = 16
+
+
+def make_prior(n_q: int, seed: int = 0) -> CodePrior:
+    torch.manual_seed(seed)
+    prior = CodePrior(K, n_q, num_speakers=3, layers=4, stacks=1, residual_channels=8, gate_channels=16,
+                      skip_channels=16, speaker_dim=4)
+    with torch.no_grad():  # random (not zero) output weights, so that every input matters
+        for p in prior.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return prior.eval()
+
+
+def random_codes(n_q: int, frames: int, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, K, (batch, n_q, frames), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("n_q", [1, 3])
+def test_log_probs_shape_and_normalisation(n_q):
+    prior = make_prior(n_q)
+    lp = prior.log_probs(random_codes(n_q, 10), torch.tensor([0, 2]))
+    assert lp.shape == (2, 10 * n_q, K)
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(2, 10 * n_q))
+
+
+@pytest.mark.parametrize("n_q", [1, 2])
+def test_prior_is_causal(n_q):
+    """Changing the code at token position p changes no prediction at or before p."""
+    prior = make_prior(n_q)
+    codes = random_codes(n_q, 12)
+    speaker = torch.tensor([1, 1])
+    base = prior.log_probs(codes, speaker)
+    for frame, level in [(0, 0), (5, n_q - 1), (11, 0)]:
+        changed = codes.clone()
+        changed[:, level, frame] = (changed[:, level, frame] + 1) % K
+        other = prior.log_probs(changed, speaker)
+        p = frame * n_q + level
+        torch.testing.assert_close(other[:, : p + 1], base[:, : p + 1])
+        if p + 1 < base.shape[1]:
+            assert not torch.allclose(other[:, p + 1], base[:, p + 1])
+
+
+@pytest.mark.parametrize("n_q", [1, 3])
+def test_incremental_log_probs_equal_the_full_pass(n_q):
+    prior = make_prior(n_q)
+    codes = random_codes(n_q, 9)
+    speaker = torch.tensor([0, 2])
+    full = prior.log_probs(codes, speaker)
+    stepper = prior.start(speaker)
+    tokens = codes.transpose(1, 2).reshape(2, -1)
+    for p in range(tokens.shape[1]):
+        torch.testing.assert_close(stepper.log_probs(), full[:, p], atol=1e-5, rtol=1e-5)
+        stepper.feed(tokens[:, p])
+
+
+def test_speaker_changes_the_prediction():
+    prior = make_prior(1)
+    codes = random_codes(1, 6, batch=1)
+    a = prior.log_probs(codes, torch.tensor([0]))
+    b = prior.log_probs(codes, torch.tensor([1]))
+    assert not torch.allclose(a, b)
+
+
+def test_padding_is_ignored_by_the_loss():
+    prior = make_prior(2)
+    codes = random_codes(2, 8, batch=1)
+    padded = torch.cat([codes, torch.full((1, 2, 5), IGNORE)], dim=2)
+    total, count = prior.nll_nats(codes, torch.tensor([0]))
+    total_padded, count_padded = prior.nll_nats(padded, torch.tensor([0]))
+    assert count == count_padded == 16
+    torch.testing.assert_close(total, total_padded)
+    loss, metrics = prior.training_step({"codes": codes, "speaker": torch.tensor([0])})
+    assert CodePrior.summarize_metrics(metrics)["bits_per_code"] == pytest.approx(loss.item() / math.log(2))
+
+
+@pytest.mark.parametrize("n_q", [1, 2])
+def test_sampling_shapes_range_and_seeds(n_q):
+    prior = make_prior(n_q)
+    speaker = torch.tensor([0, 1, 2])
+    a = sample_codes(prior, 20, speaker, generator=torch.Generator().manual_seed(5))
+    b = sample_codes(prior, 20, speaker, generator=torch.Generator().manual_seed(5))
+    c = sample_codes(prior, 20, speaker, generator=torch.Generator().manual_seed(6))
+    assert a.shape == (3, n_q, 20) and a.dtype == torch.long
+    assert int(a.min()) >= 0 and int(a.max()) < K
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    greedy = sample_codes(prior, 20, speaker, temperature=0)
+    # Greedy sampling picks the most likely code given the greedy past: check with the full pass.
+    lp = prior.log_probs(greedy, speaker)
+    tokens = greedy.transpose(1, 2).reshape(3, -1)
+    assert torch.equal(lp.argmax(-1), tokens)

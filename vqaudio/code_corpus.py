@@ -1,0 +1,83 @@
+"""The codes of a whole corpus under one VQ-VAE, extracted once and cached beside that VQ-VAE's run.
+
+A prior trains on these. The cache file is `<vqvae run>/codes/<fingerprint>-<corpus key>.npz`
+(plain integer and string arrays, loaded with allow_pickle=False): a new checkpoint or a changed
+corpus gets a new file, and an interrupted extraction leaves nothing behind (temporary file, renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vqaudio.codec import Codec, encode_chunks
+from vqaudio.data.corpus import ProgressFn, heldout_split, prepare_corpus
+from vqaudio.errors import VQAudioError
+from vqaudio.fileio import atomic_output
+from vqaudio.recipe import validate_recipe
+
+
+@dataclass
+class CodeCorpus:
+    ids: list[str]
+    speaker_index: np.ndarray  # [N] index into the VQ-VAE's speakers
+    offsets: np.ndarray  # [N + 1] frame offsets into `codes`
+    codes: np.ndarray  # [n_q, total frames]
+    valid: list[int]  # utterances held out (the VQ-VAE's own held-out split)
+    train: list[int]
+
+    def utterance(self, index: int) -> np.ndarray:
+        return self.codes[:, self.offsets[index] : self.offsets[index + 1]]
+
+    def frames(self, index: int) -> int:
+        return int(self.offsets[index + 1] - self.offsets[index])
+
+
+def _load(path: Path) -> CodeCorpus:
+    with np.load(path, allow_pickle=False) as data:
+        return CodeCorpus(
+            ids=[str(x) for x in data["ids"]],
+            speaker_index=data["speaker_index"],
+            offsets=data["offsets"],
+            codes=data["codes"],
+            valid=[int(x) for x in data["valid"]],
+            train=[int(x) for x in data["train"]],
+        )
+
+
+def extract_code_corpus(codec: Codec, on_progress: ProgressFn | None = None) -> tuple[CodeCorpus, Path]:
+    """Codes of every utterance of the corpus `codec` was trained on (cached); returns (corpus, cache file)."""
+    recipe = validate_recipe(codec.recipe, f"{codec.checkpoint} (embedded recipe)")
+    audio = prepare_corpus(recipe.data)
+    train, valid = heldout_split(audio, recipe.data.valid_per_speaker, recipe.data.valid_max)
+    key = hashlib.sha256(json.dumps([audio.ids, audio.lengths, audio.speakers]).encode()).hexdigest()[:12]
+    cache = codec.checkpoint.resolve().parent.parent / "codes" / f"{codec.fingerprint}-{key}.npz"
+    if cache.exists():
+        return _load(cache), cache
+    missing = sorted(set(audio.speakers) - set(codec.speakers))
+    if missing:
+        raise VQAudioError(f"{codec.checkpoint}: its corpus now has speakers the model does not know ({', '.join(missing)})")
+    pieces, offsets = [], [0]
+    for i in range(len(audio)):
+        codes, _ = encode_chunks(codec, [audio.audio(i)])
+        pieces.append(codes)
+        offsets.append(offsets[-1] + codes.shape[1])
+        if on_progress:
+            on_progress(i + 1, len(audio))
+    speakers = np.array([codec.speakers.index(audio.speakers[s]) for s in audio.speaker_index], dtype=np.int64)
+    arrays = {
+        "ids": np.array(audio.ids, dtype=str),
+        "speaker_index": speakers,
+        "offsets": np.array(offsets, dtype=np.int64),
+        "codes": np.concatenate(pieces, axis=1),
+        "valid": np.array(valid, dtype=np.int64),
+        "train": np.array(train, dtype=np.int64),
+    }
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(cache) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    return _load(cache), cache

@@ -1,0 +1,172 @@
+"""The learned prior over VQ-VAE codes: a WaveNet over the code sequence, conditioned on the speaker.
+
+Codes [n_q, T] are read as one token sequence, step by step and level by level
+(t0 l0, t0 l1, ..., t1 l0, ...), each token tagged with its level (token = level * K + code), so
+one WaveNet handles any number of residual codebooks: every code is predicted from all earlier
+steps and from the coarser levels of its own step. Its distribution is a softmax over the K codes of
+that level only. A separate start token precedes the sequence. Bits per code is the mean negative
+log2-likelihood of the codes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqaudio.models.wavenet import IncrementalState, WaveNet
+
+IGNORE = -1  # padding in code batches: excluded from the loss
+
+
+class CodePrior(nn.Module):
+    def __init__(
+        self,
+        codebook_size: int,
+        n_q: int,
+        num_speakers: int,
+        layers: int = 20,
+        stacks: int = 2,
+        kernel_size: int = 2,
+        residual_channels: int = 64,
+        gate_channels: int = 128,
+        skip_channels: int = 128,
+        speaker_dim: int = 16,
+    ) -> None:
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.n_q = n_q
+        self.start_token = n_q * codebook_size
+        self.speaker = nn.Embedding(num_speakers, speaker_dim) if speaker_dim else None
+        self.wavenet = WaveNet(
+            num_classes=n_q * codebook_size + 1,
+            residual_channels=residual_channels,
+            gate_channels=gate_channels,
+            skip_channels=skip_channels,
+            layers=layers,
+            stacks=stacks,
+            kernel_size=kernel_size,
+            global_channels=speaker_dim,
+        )
+
+    # ----- token layout -----
+
+    def tokens(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, n_q, T] -> level-tagged tokens [B, T * n_q] (IGNORE stays IGNORE)."""
+        offsets = torch.arange(self.n_q, device=codes.device)[None, :, None] * self.codebook_size
+        tagged = torch.where(codes >= 0, codes + offsets, codes)
+        return tagged.transpose(1, 2).reshape(codes.shape[0], -1)
+
+    def _level_logits(self, logits: torch.Tensor, first_position: int = 0) -> torch.Tensor:
+        """Full logits [B, L, classes] -> each position's own level's K logits [B, L, K]."""
+        length = logits.shape[1]
+        levels = (torch.arange(length, device=logits.device) + first_position) % self.n_q
+        index = levels[:, None] * self.codebook_size + torch.arange(self.codebook_size, device=logits.device)
+        return logits.gather(2, index[None].expand(logits.shape[0], -1, -1))
+
+    def _global(self, speaker: torch.Tensor) -> torch.Tensor | None:
+        return self.speaker(speaker) if self.speaker is not None else None
+
+    # ----- teacher-forced pass -----
+
+    def log_probs(self, codes: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
+        """log p(code | everything before it) for every code: [B, T * n_q, K] in token order."""
+        tokens = self.tokens(codes)
+        start = torch.full_like(tokens[:, :1], self.start_token)
+        inputs = torch.cat([start, tokens[:, :-1]], dim=1).clamp_min(0)  # padding only ever follows the end
+        logits = self.wavenet(inputs, global_cond=self._global(speaker)).transpose(1, 2)
+        return F.log_softmax(self._level_logits(logits).float(), dim=-1)
+
+    def nll_nats(self, codes: torch.Tensor, speaker: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed negative log-likelihood in nats, number of codes counted) over non-padding codes."""
+        log_probs = self.log_probs(codes, speaker)
+        targets = codes.transpose(1, 2).reshape(codes.shape[0], -1)
+        mask = targets >= 0
+        picked = log_probs.gather(2, targets.clamp_min(0)[..., None])[..., 0]
+        return -(picked * mask).sum(), mask.sum()
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total, count = self.nll_nats(batch["codes"], batch["speaker"])
+        loss = total / count.clamp_min(1)
+        # Summed nats and counts (1-element vectors add up over batches in the training loop), so
+        # that bits per code is exact over a whole validation pass, not a mean of batch means.
+        return loss, {"loss": loss.detach(), "nats": total.detach().reshape(1), "codes": count.reshape(1).float()}
+
+    @staticmethod
+    def summarize_metrics(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+        """Bits per code from the summed nats and code counts."""
+        result = {k: float(v) for k, v in values.items() if k not in ("nats", "codes")}
+        if "nats" in values:
+            nats, codes = float(torch.as_tensor(values["nats"]).sum()), float(torch.as_tensor(values["codes"]).sum())
+            result["bits_per_code"] = nats / max(codes, 1.0) / math.log(2)
+        return result
+
+    # ----- one code at a time (sampling and entropy coding) -----
+
+    def start(self, speaker: torch.Tensor) -> PriorStepper:
+        return PriorStepper(self, speaker)
+
+
+class PriorStepper:
+    """Cached incremental evaluation of the prior: `log_probs()` for the next code, then `feed(code)`.
+
+    Encoder and decoder of an entropy-coded file both run exactly this, in the same order, so
+    they compute the same probabilities."""
+
+    def __init__(self, prior: CodePrior, speaker: torch.Tensor) -> None:
+        self.prior = prior
+        net = prior.wavenet
+        self.state: IncrementalState = net.start(speaker.shape[0])
+        self.bias = net.frame_bias(None, prior._global(speaker), speaker.shape[0])[:, 0]
+        self.position = 0
+        self.previous = torch.full((speaker.shape[0],), prior.start_token, dtype=torch.long, device=speaker.device)
+        self._pending: torch.Tensor | None = None
+
+    @property
+    def level(self) -> int:
+        return self.position % self.prior.n_q
+
+    @torch.no_grad()
+    def log_probs(self) -> torch.Tensor:
+        """log p(next code) [B, K] (computed once per position)."""
+        if self._pending is None:
+            logits = self.prior.wavenet.step(self.state, self.previous, self.bias)
+            level_logits = self.prior._level_logits(logits[:, None], self.position)[:, 0]
+            self._pending = F.log_softmax(level_logits.float(), dim=-1)
+        return self._pending
+
+    def feed(self, codes: torch.Tensor) -> None:
+        """Advance past this position with the codes [B] that occurred there."""
+        if self._pending is None:
+            self.log_probs()
+        self.previous = codes.long() + self.level * self.prior.codebook_size
+        self.position += 1
+        self._pending = None
+
+
+@torch.no_grad()
+def sample_codes(
+    prior: CodePrior,
+    frames: int,
+    speaker: torch.Tensor,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    on_progress=None,
+) -> torch.Tensor:
+    """Draw codes [B, n_q, frames] from the prior for each speaker in `speaker` [B]."""
+    stepper = prior.start(speaker)
+    out = torch.empty(speaker.shape[0], frames * prior.n_q, dtype=torch.long)
+    for position in range(frames * prior.n_q):
+        log_probs = stepper.log_probs()
+        if temperature <= 0:
+            codes = log_probs.argmax(dim=-1)
+        else:
+            probs = torch.softmax(log_probs / temperature, dim=-1)
+            codes = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(log_probs.device)
+        out[:, position] = codes.cpu()
+        stepper.feed(codes)
+        if on_progress is not None and (position + 1) % prior.n_q == 0:
+            on_progress((position + 1) // prior.n_q)
+    return out.reshape(speaker.shape[0], frames, prior.n_q).transpose(1, 2).contiguous()
