@@ -17,6 +17,7 @@ def make_prior(n_q: int, seed: int = 0) -> CodePrior:
     with torch.no_grad():  # random (not zero) output weights, so that every input matters
         for p in prior.parameters():
             p.add_(0.3 * torch.randn_like(p))
+    prior.mask_start_logit()
     return prior.eval()
 
 
@@ -97,3 +98,15 @@ def test_sampling_shapes_range_and_seeds(n_q):
     lp = prior.log_probs(greedy, speaker)
     tokens = greedy.transpose(1, 2).reshape(3, -1)
     assert torch.equal(lp.argmax(-1), tokens)
+
+
+def test_one_codebook_sampling_uses_the_engine_and_never_draws_the_start_token():
+    prior = make_prior(1)
+    speaker = torch.tensor([0, 1])
+    plain = sample_codes(prior, 60, speaker, temperature=3.0, generator=torch.Generator().manual_seed(2), backend="plain")
+    fast = sample_codes(prior, 60, speaker, temperature=3.0, generator=torch.Generator().manual_seed(2), backend="fast")
+    assert torch.equal(plain, fast)  # the fused kernel and the PyTorch step draw the same codes
+    assert int(plain.max()) < K  # even at a high temperature: the start token's logit is masked
+    # The mask changes no probability: the start logit is never read by the loss.
+    logits = prior.wavenet(torch.full((1, 5), prior.start_token), global_cond=prior.speaker(torch.tensor([0])))
+    assert torch.all(logits[:, prior.start_token] == -1e4)

@@ -221,7 +221,7 @@ def sample(
     temperature: Annotated[float, typer.Option("--temperature", help="prior sampling temperature")] = 1.0,
     decoder_temperature: Annotated[float, typer.Option("--decoder-temperature", help="WaveNet decoder temperature")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="random seed")] = 0,
-    backend: Annotated[str, typer.Option("--backend", help="decoder back end: auto, fast, plain or cuda-graph")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help="generation back end: auto, fast, plain or cuda-graph")] = "auto",
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -243,7 +243,7 @@ def sample(
             check_writable(path, force)
     frames = max(1, math.ceil(seconds * prior.code_rate))
     with progress_bar("sample codes", frames, "frames") as update:
-        codes, index = sample_prior_codes(prior, speaker, seconds, count, temperature, seed, update)
+        codes, index = sample_prior_codes(prior, speaker, seconds, count, temperature, seed, update, backend)
     with progress_bar("decode", frames * codec.hop, "samples") as update:
         audio = decode_samples(prior, codes, index, decoder_temperature, seed, backend, update)
     num_samples = round(seconds * codec.sample_rate)

@@ -65,6 +65,7 @@ def load_prior(checkpoint: str | Path, device: torch.device, vqvae: str | Path |
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
         raise VQAudioError(f"{checkpoint}: weights do not fit the recipe stored with them ({str(exc).splitlines()[0]})") from None
+    model.mask_start_logit()  # priors trained before the mask existed: changes no probability
     model.to(device).eval()
     return Prior(model, codec, Path(checkpoint), payload["fingerprint"], int(payload["step"]), dict(payload.get("valid") or {}))
 
@@ -77,6 +78,7 @@ def sample_prior_codes(
     temperature: float = 1.0,
     seed: int = 0,
     on_progress: Callable[[int], None] | None = None,
+    backend: str = "auto",
 ) -> tuple[np.ndarray, int]:
     """Draw `count` code sequences [count, n_q, frames] of `seconds` for one speaker; returns (codes, speaker index)."""
     if seconds <= 0:
@@ -86,9 +88,10 @@ def sample_prior_codes(
     index = prior.codec.speaker_index(speaker)
     frames = max(1, math.ceil(seconds * prior.code_rate))
     speakers = torch.full((count,), index, dtype=torch.long, device=prior.codec.device)
-    generator = torch.Generator().manual_seed(seed)
-    codes = sample_codes(prior.model, frames, speakers, temperature, generator, on_progress)
-    return codes.numpy(), index
+    # One codebook samples through the generation engine on the model's device; several, on the CPU.
+    generator = torch.Generator(device=prior.codec.device if prior.model.n_q == 1 else "cpu").manual_seed(seed)
+    codes = sample_codes(prior.model, frames, speakers, temperature, generator, on_progress, backend)  # type: ignore[arg-type]
+    return codes.cpu().numpy(), index
 
 
 def decode_samples(
@@ -127,7 +130,7 @@ def sample_speech(
     backend: str = "auto",
 ) -> Samples:
     """New speech in one call: codes from the prior, then audio from the VQ-VAE's decoder."""
-    codes, index = sample_prior_codes(prior, speaker, seconds, count, temperature, seed)
+    codes, index = sample_prior_codes(prior, speaker, seconds, count, temperature, seed, backend=backend)
     return Samples(codes, decode_samples(prior, codes, index, decoder_temperature, seed, backend), index)
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqaudio.generation.engine import Backend, generate
 from vqaudio.models.wavenet import IncrementalState, WaveNet
 
 IGNORE = -1  # padding in code batches: excluded from the loss
@@ -50,6 +51,18 @@ class CodePrior(nn.Module):
             kernel_size=kernel_size,
             global_channels=speaker_dim,
         )
+        self.mask_start_logit()
+
+    @torch.no_grad()
+    def mask_start_logit(self) -> None:
+        """Make the start token's output logit -1e4 whatever the input.
+
+        No loss ever reads that logit (each code's softmax covers only its level's K codes), so
+        this changes no probability; it lets the generation engine sample one-codebook priors over
+        all classes (fused CPU kernel, CUDA graphs) without ever drawing the start token."""
+        last = self.wavenet.head[-1]
+        last.weight[self.start_token].zero_()
+        last.bias[self.start_token] = -1e4
 
     # ----- token layout -----
 
@@ -154,8 +167,25 @@ def sample_codes(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     on_progress=None,
+    backend: Backend = "auto",
 ) -> torch.Tensor:
-    """Draw codes [B, n_q, frames] from the prior for each speaker in `speaker` [B]."""
+    """Draw codes [B, n_q, frames] from the prior for each speaker in `speaker` [B].
+
+    One codebook: the generation engine (its fastest back end for the device). Several: one
+    level-masked step at a time, since each position may only draw codes of its own level."""
+    if prior.n_q == 1:
+        result = generate(
+            prior.wavenet,
+            frames,
+            batch=speaker.shape[0],
+            global_cond=prior._global(speaker),
+            first_input=prior.start_token,
+            temperature=temperature,
+            generator=generator,
+            backend=backend,
+            on_progress=on_progress,
+        )
+        return result.classes[:, None, :].long()
     stepper = prior.start(speaker)
     out = torch.empty(speaker.shape[0], frames * prior.n_q, dtype=torch.long)
     for position in range(frames * prior.n_q):
