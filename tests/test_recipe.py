@@ -108,3 +108,27 @@ def test_any_override_either_validates_or_gives_a_one_line_error(key, value):
         validate_recipe(data, "tiny.yaml", {key})
     except VQAudioError as exc:
         assert "\n" not in str(exc)
+
+
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ({"model": {"kind": "code_prior"}}, "model.kind code_prior needs a prior section with prior.vqvae"),
+        ({"model": {"kind": "code_prior"}, "prior": {"vqvea": "runs/x"}}, "unknown key 'prior.vqvea' (did you mean 'prior.vqvae'?)"),
+        ({"model": {"kind": "code_prior"}, "prior": {"vqvae": "r", "layers": 5, "stacks": 2}}, "prior.layers must be a multiple of prior.stacks"),
+        ({"model": {"kind": "code_prior"}, "prior": {"vqvae": "r"}, "data": {"kind": "demo"}}, "remove the data section"),
+        ({"prior": {"vqvae": "r"}}, "the prior section belongs to model.kind code_prior recipes"),
+    ],
+)
+def test_prior_recipe_errors_name_the_key(recipe, message):
+    with pytest.raises(VQAudioError, match="p.yaml") as info:
+        validate_recipe({"name": "p", "train": {"steps": 1, "batch_size": 1}, **recipe}, "p.yaml")
+    assert message in str(info.value)
+
+
+def test_a_prior_recipe_round_trips_without_a_data_section():
+    recipe = validate_recipe({"name": "p", "model": {"kind": "code_prior"}, "prior": {"vqvae": "newest"},
+                              "train": {"steps": 1, "batch_size": 1}}, "p.yaml")
+    dumped = recipe.to_dict()
+    assert "data" not in dumped and dumped["prior"]["vqvae"] == "newest"
+    assert validate_recipe(dumped, "again").to_dict() == dumped

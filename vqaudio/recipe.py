@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -84,46 +84,38 @@ class QuantizerConfig(_Strict):
         return self
 
 
-class DecoderConfig(_Strict):
+class _WaveNetShape(_Strict):
+    """The shape of a WaveNet stack, shared by the VQ-VAE's decoder and the code prior."""
+
+    section: ClassVar[str] = "decoder"
     layers: int = Field(20, ge=1)
     stacks: int = Field(2, ge=1)
     kernel_size: int = Field(2, ge=2)
     residual_channels: int = Field(64, ge=1)
     gate_channels: int = Field(128, ge=2)
     skip_channels: int = Field(128, ge=1)
-    cond_channels: int = Field(64, ge=1)
     speaker_dim: int = Field(16, ge=0)
+
+    @model_validator(mode="after")
+    def _even_gate(self) -> _WaveNetShape:
+        if self.gate_channels % 2:
+            raise ValueError(f"{self.section}.gate_channels must be even (half tanh, half sigmoid)")
+        if self.layers % self.stacks:
+            raise ValueError(f"{self.section}.layers must be a multiple of {self.section}.stacks")
+        return self
+
+
+class DecoderConfig(_WaveNetShape):
+    cond_channels: int = Field(64, ge=1)
     quantization_channels: int = Field(256, ge=2)
 
-    @model_validator(mode="after")
-    def _even_gate(self) -> DecoderConfig:
-        if self.gate_channels % 2:
-            raise ValueError("decoder.gate_channels must be even (half tanh, half sigmoid)")
-        if self.layers % self.stacks:
-            raise ValueError("decoder.layers must be a multiple of decoder.stacks")
-        return self
 
-
-class PriorConfig(_Strict):
+class PriorConfig(_WaveNetShape):
     """A WaveNet prior over the codes of a trained VQ-VAE (model.kind: code_prior)."""
 
+    section: ClassVar[str] = "prior"
     vqvae: str  # the VQ-VAE: a run folder, a checkpoint, or "newest" (newest VQ-VAE under train.runs_dir)
     crop_frames: int = Field(256, ge=2)  # code frames per training example
-    layers: int = Field(20, ge=1)
-    stacks: int = Field(2, ge=1)
-    kernel_size: int = Field(2, ge=2)
-    residual_channels: int = Field(64, ge=1)
-    gate_channels: int = Field(128, ge=2)
-    skip_channels: int = Field(128, ge=1)
-    speaker_dim: int = Field(16, ge=0)
-
-    @model_validator(mode="after")
-    def _shape(self) -> PriorConfig:
-        if self.gate_channels % 2:
-            raise ValueError("prior.gate_channels must be even (half tanh, half sigmoid)")
-        if self.layers % self.stacks:
-            raise ValueError("prior.layers must be a multiple of prior.stacks")
-        return self
 
 
 class ModelConfig(_Strict):
@@ -195,6 +187,8 @@ def _fields_at(path: tuple[Any, ...]) -> list[str]:
         if field is None:
             return []
         model = field.annotation
+        # `PriorConfig | None`: look inside the optional section
+        model = next((m for m in getattr(model, "__args__", ()) if hasattr(m, "model_fields")), model)
     return list(getattr(model, "model_fields", {}))
 
 
