@@ -131,3 +131,12 @@ def test_eval_and_info_put_raw_prior_and_coded_bitrates_side_by_side(prior_run, 
     info = invoke("info", str(prior_ckpt)).output
     info = " ".join(info.split())
     assert "bits per code (raw 5)" in info and "under the prior" in info
+
+
+def test_a_sample_of_odd_length_has_codes_and_sidecar_that_agree(prior_run, tmp_path):
+    _, checkpoint, vqvae = prior_run
+    invoke("sample", "--seconds", "0.0101", "-c", str(checkpoint), "-o", str(tmp_path))  # 80.8 samples at 8 kHz
+    codes, side = read_codes(tmp_path / "demo0_seed0_0.npy")
+    assert side["num_samples"] == 81 and codes.shape == (1, 11)  # hop 8: 11 frames cover 81 samples
+    assert sf.info(tmp_path / "demo0_seed0_0.wav").frames == 81
+    invoke("decode", str(tmp_path / "demo0_seed0_0.npy"), str(tmp_path / "again.wav"), "-c", str(vqvae))

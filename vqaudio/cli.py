@@ -230,27 +230,31 @@ def sample(
     from vqaudio.codec import write_codes
     from vqaudio.device import resolve_device
     from vqaudio.fileio import check_writable
-    from vqaudio.prior import decode_samples, load_prior, sample_prior_codes
+    from vqaudio.prior import (
+        decode_samples,
+        load_prior,
+        sample_lengths,
+        sample_prior_codes,
+    )
     from vqaudio.progress import progress_bar
 
     _check_backend(backend)
     prior = load_prior(_checkpoint_or_newest(checkpoint, "code_prior"), resolve_device(device), vqvae)
     codec = prior.codec
     name = codec.speakers[codec.speaker_index(speaker)]
-    stems = [out_dir / f"{name}_seed{seed}_{i}" for i in range(count)]
+    stems = [f"{name}_seed{seed}_{i}" for i in range(count)]
     for stem in stems:
-        for path in (stem.with_suffix(".wav"), stem.with_suffix(".npy"), stem.with_suffix(".npy.json")):
-            check_writable(path, force)
-    frames = max(1, math.ceil(seconds * prior.code_rate))
+        for suffix in (".wav", ".npy", ".npy.json"):
+            check_writable(out_dir / f"{stem}{suffix}", force)
+    num_samples, frames = sample_lengths(prior, seconds)
     with progress_bar("sample codes", frames, "frames") as update:
         codes, index = sample_prior_codes(prior, speaker, seconds, count, temperature, seed, update, backend)
     with progress_bar("decode", frames * codec.hop, "samples") as update:
         audio = decode_samples(prior, codes, index, decoder_temperature, seed, backend, update)
-    num_samples = round(seconds * codec.sample_rate)
     for stem, one_codes, one_audio in zip(stems, codes, audio):
-        write_wav(stem.with_suffix(".wav"), one_audio[:num_samples], codec.sample_rate, force=True)
-        write_codes(codec, one_codes, stem.with_suffix(".npy"), index, num_samples, f"sampled from {prior.checkpoint}", True)
-        out.print(f"wrote {stem.with_suffix('.wav')} and its codes", soft_wrap=True)
+        write_wav(out_dir / f"{stem}.wav", one_audio[:num_samples], codec.sample_rate, force=True)
+        write_codes(codec, one_codes, out_dir / f"{stem}.npy", index, num_samples, f"sampled from {prior.checkpoint}", True)
+        out.print(f"wrote {out_dir / stem}.wav and its codes", soft_wrap=True)
 
 
 @app.command("eval")

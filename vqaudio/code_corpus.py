@@ -1,7 +1,8 @@
 """The codes of a whole corpus under one VQ-VAE, extracted once and cached beside that VQ-VAE's run.
 
 A prior trains on these. The cache file is `<vqvae run>/codes/<fingerprint>-<corpus key>.npz`
-(plain integer and string arrays, loaded with allow_pickle=False): a new checkpoint or a changed
+(for a checkpoint outside a run folder, `codes/` beside the checkpoint), holding plain integer and
+string arrays loaded with allow_pickle=False. A new checkpoint or a changed
 corpus gets a new file, and an interrupted extraction leaves nothing behind (temporary file, renamed).
 """
 
@@ -55,7 +56,10 @@ def extract_code_corpus(codec: Codec, on_progress: ProgressFn | None = None) -> 
     audio = prepare_corpus(recipe.data)
     train, valid = heldout_split(audio, recipe.data.valid_per_speaker, recipe.data.valid_max)
     key = hashlib.sha256(json.dumps([audio.ids, audio.lengths, audio.speakers]).encode()).hexdigest()[:12]
-    cache = codec.checkpoint.resolve().parent.parent / "codes" / f"{codec.fingerprint}-{key}.npz"
+    folder = codec.checkpoint.resolve().parent
+    if folder.name == "checkpoints":  # runs/<name>/<timestamp>/checkpoints/step_N.pt: beside the run's files
+        folder = folder.parent
+    cache = folder / "codes" / f"{codec.fingerprint}-{key}.npz"
     if cache.exists():
         return _load(cache), cache
     missing = sorted(set(audio.speakers) - set(codec.speakers))

@@ -70,6 +70,13 @@ def load_prior(checkpoint: str | Path, device: torch.device, vqvae: str | Path |
     return Prior(model, codec, Path(checkpoint), payload["fingerprint"], int(payload["step"]), dict(payload.get("valid") or {}))
 
 
+def sample_lengths(prior: Prior, seconds: float) -> tuple[int, int]:
+    """(samples, code frames) of a sample lasting `seconds`: the frames cover the samples exactly
+    as `vqaudio encode` would (so that the written codes and sidecar agree)."""
+    num_samples = max(1, round(seconds * prior.codec.sample_rate))
+    return num_samples, -(-num_samples // prior.codec.hop)
+
+
 def sample_prior_codes(
     prior: Prior,
     speaker: str | int | None,
@@ -86,7 +93,7 @@ def sample_prior_codes(
     if count < 1:
         raise VQAudioError(f"-n {count}: must be at least 1")
     index = prior.codec.speaker_index(speaker)
-    frames = max(1, math.ceil(seconds * prior.code_rate))
+    _, frames = sample_lengths(prior, seconds)
     speakers = torch.full((count,), index, dtype=torch.long, device=prior.codec.device)
     # One codebook samples through the generation engine on the model's device; several, on the CPU.
     generator = torch.Generator(device=prior.codec.device if prior.model.n_q == 1 else "cpu").manual_seed(seed)
