@@ -31,7 +31,7 @@ class DemoDataConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    kind: Literal["demo", "vctk", "folder"] = "demo"
+    kind: Literal["demo", "vctk", "folder", "cifar10", "image_folder"] = "demo"
     root: str | None = None
     sample_rate: int = Field(16000, ge=1000)
     crop_samples: int = Field(8192, ge=64)
@@ -43,6 +43,8 @@ class DataConfig(_Strict):
     vctk_mic: Literal["mic1", "mic2", "both"] = "mic1"
     cache_dir: str | None = None
     demo: DemoDataConfig = DemoDataConfig()
+    image_size: int | None = Field(None, ge=4)  # image_folder: resize every image to this square size
+    valid_images: int = Field(1000, ge=1)  # images: held-out images scored at each validation
 
     @model_validator(mode="after")
     def _root_needed(self) -> DataConfig:
@@ -118,11 +120,23 @@ class PriorConfig(_WaveNetShape):
     crop_frames: int = Field(256, ge=2)  # code frames per training example
 
 
+class ImageNetConfig(_Strict):
+    """The paper's image encoder/decoder (model.kind image_vqvae or image_vae)."""
+
+    hidden: int = Field(256, ge=1)  # channels of the convolutions and residual blocks
+    residual_blocks: int = Field(2, ge=0)
+    vae_dim: int = Field(64, ge=1)  # image_vae: latent channels (image_vqvae uses quantizer.dim)
+
+
+IMAGE_MODELS = ("image_vqvae", "image_vae")
+
+
 class ModelConfig(_Strict):
-    kind: Literal["audio_vqvae", "code_prior"] = "audio_vqvae"
+    kind: Literal["audio_vqvae", "code_prior", "image_vqvae", "image_vae"] = "audio_vqvae"
     encoder: EncoderConfig = EncoderConfig()
     quantizer: QuantizerConfig = QuantizerConfig()
     decoder: DecoderConfig = DecoderConfig()
+    image: ImageNetConfig = ImageNetConfig()
 
 
 class TrainConfig(_Strict):
@@ -162,7 +176,10 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _crop_fits_hop(self) -> Recipe:
         hop = 2 ** self.model.encoder.downsample_layers
-        if self.data.crop_samples % hop:
+        image_data = self.data.kind in ("cifar10", "image_folder")
+        if (self.model.kind in IMAGE_MODELS) != image_data and self.model.kind != "code_prior":
+            raise ValueError(f"model.kind {self.model.kind} cannot train on data.kind {self.data.kind}")
+        if self.model.kind == "audio_vqvae" and self.data.crop_samples % hop:
             raise ValueError(
                 f"data.crop_samples ({self.data.crop_samples}) must be a multiple of the hop "
                 f"2**model.encoder.downsample_layers = {hop}"

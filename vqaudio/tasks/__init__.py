@@ -18,4 +18,8 @@ def build_setup(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainS
         from vqaudio.tasks.code_prior import build_code_prior
 
         return build_code_prior(recipe, on_progress)
+    if recipe.model.kind in ("image_vqvae", "image_vae"):
+        from vqaudio.tasks.image_models import build_image_task
+
+        return build_image_task(recipe, on_progress)
     raise VQAudioError(f"model.kind {recipe.model.kind!r} has no training task")
