@@ -45,3 +45,69 @@ def test_image_models_and_audio_data_do_not_mix():
         validate_recipe({"name": "x", "model": {"kind": "image_vqvae"}, "train": {"steps": 1, "batch_size": 1}}, "x.yaml")
     with pytest.raises(VQAudioError, match="model.kind audio_vqvae cannot train on data.kind cifar10"):
         validate_recipe({"name": "x", "data": {"kind": "cifar10", "root": "c"}, "train": {"steps": 1, "batch_size": 1}}, "x.yaml")
+
+
+def test_pixelcnn_prior_trains_on_image_codes_and_samples_a_grid(shared_data, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from conftest import run_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vq.yaml").write_text(yaml.safe_dump(image_recipe("image_vqvae", str(shared_data / "cifar-10-batches-py-mini"))))
+    invoke("train", "vq.yaml", "--quiet", "--device", "cpu")
+    vq = next((tmp_path / "runs" / "tiny_image_vqvae").iterdir()) / "checkpoints" / "step_000002.pt"
+    prior = {
+        "name": "tiny_pixelcnn", "model": {"kind": "image_prior"},
+        "prior": {"vqvae": "newest", "layers": 2, "stacks": 1, "kernel_size": 3, "residual_channels": 8},
+        "train": {"steps": 4, "batch_size": 16, "lr": 0.01, "log_every": 2, "valid_every": 4, "checkpoint_every": 4},
+    }
+    (tmp_path / "prior.yaml").write_text(yaml.safe_dump(prior))
+    invoke("train", "prior.yaml", "--quiet", "--device", "cpu")
+    run = next((tmp_path / "runs" / "tiny_pixelcnn").iterdir())
+    payload = torch.load(run / "checkpoints" / "step_000004.pt", weights_only=True)
+    assert payload["kind"] == "image_prior" and payload["metadata"]["vqvae_checkpoint"] == str(vq.resolve())
+    assert payload["metadata"]["code_shape"] == [8, 8] and payload["metadata"]["codebook_size"] == 16
+    valid = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"valid"' in line]
+    assert 0 < valid[-1]["bits_per_code"] < 6  # K = 16: about 4 bits untrained
+    assert (vq.parent.parent / "codes").is_dir()  # code maps cached beside the VQ-VAE run
+    invoke("sample", "--label", "cat", "-n", "6", "-o", "grid.png", "--seed", "1")
+    with Image.open(tmp_path / "grid.png") as image:
+        assert image.size == (3 * 34 + 2, 2 * 34 + 2)  # 6 tiles of 32 px in 3 columns, 2 px apart
+    invoke("sample", "--label", "3", "-n", "6", "-o", "again.png", "--seed", "1")
+    assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "again.png").read_bytes()  # 'cat' is class 3
+    code, output = run_main(capsys, "sample", "--label", "zebra", "-o", "z.png")
+    assert code == 2 and "--label 'zebra': not a class of this model" in output
+
+
+def test_eval_reports_bits_per_dim_for_vqvae_prior_and_vae(shared_data, tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    root = str(shared_data / "cifar-10-batches-py-mini")
+    for kind in ("image_vqvae", "image_vae"):
+        (tmp_path / f"{kind}.yaml").write_text(yaml.safe_dump(image_recipe(kind, root)))
+        invoke("train", f"{kind}.yaml", "--quiet", "--device", "cpu")
+    vq = next((tmp_path / "runs" / "tiny_image_vqvae").iterdir()) / "checkpoints" / "step_000002.pt"
+    vae = next((tmp_path / "runs" / "tiny_image_vae").iterdir()) / "checkpoints" / "step_000002.pt"
+    invoke("eval", "-c", str(vq), "--max-clips", "40", "--json", "vq.json")
+    report = json.loads((tmp_path / "vq.json").read_text())
+    assert report["images"] == 40 and report["kind"] == "image_vqvae"
+    # Uniform prior: the NLL plus 64 latents x log2 16 bits, spread over 3072 dimensions.
+    assert report["bits_per_dim_uniform_prior"] == pytest.approx(report["nll_bits_per_dim"] + 64 * 4 / 3072)
+    with Image.open(vq.parent.parent / "eval_reconstructions.png") as png:
+        assert png.size == (8 * 34 + 2, 2 * 34 + 2)  # 8 originals above 8 reconstructions
+    invoke("eval", "-c", str(vae), "--max-clips", "40", "--json", "vae.json")
+    report = json.loads((tmp_path / "vae.json").read_text())
+    assert report["bits_per_dim_elbo"] == pytest.approx(report["nll_bits_per_dim"] + report["kl_bits_per_dim"])
+    prior = {
+        "name": "p", "model": {"kind": "image_prior"},
+        "prior": {"vqvae": str(vq), "layers": 2, "stacks": 1, "kernel_size": 3, "residual_channels": 8},
+        "train": {"steps": 2, "batch_size": 16, "log_every": 1, "valid_every": 2, "checkpoint_every": 2},
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(prior))
+    invoke("train", "p.yaml", "--quiet", "--device", "cpu")
+    prior_ckpt = next((tmp_path / "runs" / "p").iterdir()) / "checkpoints" / "step_000002.pt"
+    invoke("eval", "-c", str(prior_ckpt), "--max-clips", "40", "--json", "prior.json")
+    report = json.loads((tmp_path / "prior.json").read_text())
+    learned = report["nll_bits_per_dim"] + report["prior_bits_per_code"] * 64 / 3072
+    assert report["bits_per_dim_learned_prior"] == pytest.approx(learned)

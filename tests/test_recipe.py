@@ -117,7 +117,7 @@ def test_any_override_either_validates_or_gives_a_one_line_error(key, value):
         ({"model": {"kind": "code_prior"}, "prior": {"vqvea": "runs/x"}}, "unknown key 'prior.vqvea' (did you mean 'prior.vqvae'?)"),
         ({"model": {"kind": "code_prior"}, "prior": {"vqvae": "r", "layers": 5, "stacks": 2}}, "prior.layers must be a multiple of prior.stacks"),
         ({"model": {"kind": "code_prior"}, "prior": {"vqvae": "r"}, "data": {"kind": "demo"}}, "remove the data section"),
-        ({"prior": {"vqvae": "r"}}, "the prior section belongs to model.kind code_prior recipes"),
+        ({"prior": {"vqvae": "r"}}, "the prior section belongs to model.kind code_prior or image_prior recipes"),
     ],
 )
 def test_prior_recipe_errors_name_the_key(recipe, message):

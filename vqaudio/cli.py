@@ -210,10 +210,13 @@ def convert(
 
 @app.command()
 def sample(
-    speaker: Annotated[Optional[str], typer.Option("--speaker", help="index or name; default 0")] = None,
+    speaker: Annotated[Optional[str], typer.Option("--speaker", help="speech: index or name; default 0")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", help="images: class index or name (cat)")] = None,
     seconds: Annotated[float, typer.Option("--seconds", help="length of each sample")] = 4.0,
     count: Annotated[int, typer.Option("-n", help="how many samples")] = 1,
-    out_dir: Annotated[Path, typer.Option("-o", "--out", help="folder for the wav and codes files")] = Path("samples"),
+    out_dir: Annotated[
+        Path, typer.Option("-o", "--out", help="folder for the wav and codes files (images: a .png file or a folder)")
+    ] = Path("samples"),
     checkpoint: Annotated[
         Optional[Path], typer.Option("-c", "--checkpoint", help="prior checkpoint; default: the newest prior under ./runs")
     ] = None,
@@ -225,7 +228,14 @@ def sample(
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Generate new speech: sample codes from the learned prior, decode them with the VQ-VAE."""
+    """Generate: sample codes from a learned prior and decode them (speech with --speaker, images with --label)."""
+    from vqaudio.train.checkpoint import checkpoint_kind
+
+    if label is not None or (checkpoint is not None and checkpoint_kind(checkpoint) == "image_prior"):
+        if speaker is not None:
+            raise VQAudioError("--speaker is for speech priors and --label for image priors; give one")
+        _sample_images(label, count, out_dir, checkpoint, vqvae, temperature, seed, force, device)
+        return
     from vqaudio.audio.io import write_wav
     from vqaudio.codec import write_codes
     from vqaudio.device import resolve_device
@@ -255,6 +265,34 @@ def sample(
         write_wav(out_dir / f"{stem}.wav", one_audio[:num_samples], codec.sample_rate, force=True)
         write_codes(codec, one_codes, out_dir / f"{stem}.npy", index, num_samples, f"sampled from {prior.checkpoint}", True)
         out.print(f"wrote {out_dir / stem}.wav and its codes", soft_wrap=True)
+
+
+def _sample_images(
+    label: str | None, count: int, out_path: Path, checkpoint: Path | None, vqvae: Path | None, temperature: float,
+    seed: int, force: bool, device: str,
+) -> None:  # fmt: skip
+    import torch
+
+    from vqaudio.device import resolve_device
+    from vqaudio.fileio import check_writable
+    from vqaudio.image_codec import load_image_prior, sample_image_codes
+    from vqaudio.image_grid import grid, save_png
+
+    loaded = load_image_prior(_checkpoint_or_newest(checkpoint, "image_prior"), resolve_device(device), vqvae)
+    index = loaded.prior.label_index(label)
+    name = loaded.prior.class_names[index]
+    target = out_path if out_path.suffix.lower() == ".png" else out_path / f"{name}_seed{seed}.png"
+    check_writable(target, force)
+    if count < 1:
+        raise VQAudioError(f"-n {count}: must be at least 1")
+    height, width = loaded.prior.metadata["code_shape"]
+    device_ = next(loaded.prior.model.parameters()).device
+    labels = torch.full((count,), index, dtype=torch.long, device=device_)
+    with err.status(f"sampling {count} code maps of {height}x{width}"):
+        codes = sample_image_codes(loaded.prior.model, labels, height, width, temperature, torch.Generator().manual_seed(seed))
+        images = loaded.vqvae.model.decode(codes).cpu().numpy()
+    save_png(grid(images), target, force)
+    out.print(f"wrote {target} ({count} samples of class {index} '{name}')", soft_wrap=True)
 
 
 @app.command("eval")
@@ -300,7 +338,11 @@ def eval_command(
     if max_clips is not None and max_clips < 1:
         raise VQAudioError(f"--max-clips {max_clips}: must be at least 1")
     prior = None
-    if checkpoint is not None and prior_checkpoint is None and checkpoint_kind(checkpoint) == "code_prior":
+    kind = checkpoint_kind(checkpoint) if checkpoint is not None else None
+    if kind in ("image_vqvae", "image_vae", "image_prior"):
+        _eval_images(checkpoint, prior_checkpoint, json_out, max_clips, force, device)
+        return
+    if kind == "code_prior" and prior_checkpoint is None:
         prior_checkpoint, checkpoint = checkpoint, None
     if prior_checkpoint is not None:
         prior = load_prior(prior_checkpoint, resolve_device(device), checkpoint)
@@ -316,6 +358,46 @@ def eval_command(
     with progress_bar("eval", len(clips) * systems, "runs") as update:
         report = evaluate(codec, clips, description, options, on_progress=update, prior=prior)
     render_report(report, out)
+    if json_out is not None:
+        write_report(report, json_out, force)
+        out.print(f"wrote {json_out}", soft_wrap=True)
+
+
+def _eval_images(
+    checkpoint: Path, prior_checkpoint: Path | None, json_out: Path | None, max_images: int | None, force: bool, device: str
+) -> None:
+    """eval on an image VQ-VAE or VAE (or an image prior: its VQ-VAE under it): bits/dim and a PNG."""
+    import numpy as np
+    from rich.table import Table
+
+    from vqaudio.device import resolve_device
+    from vqaudio.evaluation.images import evaluate_images
+    from vqaudio.evaluation.report import write_report
+    from vqaudio.image_codec import load_image_model, load_image_prior
+    from vqaudio.image_grid import grid, save_png
+    from vqaudio.train.checkpoint import checkpoint_kind
+
+    dev = resolve_device(device)
+    prior = None
+    if checkpoint_kind(checkpoint) == "image_prior":
+        prior_checkpoint = checkpoint
+    if prior_checkpoint is not None:
+        loaded = load_image_prior(prior_checkpoint, dev)
+        model, prior = loaded.vqvae, loaded.prior
+    else:
+        model = load_image_model(checkpoint, dev)
+    png = model.checkpoint.resolve().parent.parent / "eval_reconstructions.png"
+    with err.status("scoring held-out images"):
+        report, shown = evaluate_images(model, prior, max_images)
+    save_png(grid(np.concatenate(shown), columns=shown.shape[1]), png, force=True)
+    table = Table(title=f"{report['images']} held-out images, {report['kind']} step {report['step']}")
+    table.add_column("bits/dim", no_wrap=True)
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        if "bits" in key:
+            table.add_row(key, f"{value:.3f}")
+    out.print(table)
+    out.print(f"wrote {png} (originals above reconstructions)", soft_wrap=True)
     if json_out is not None:
         write_report(report, json_out, force)
         out.print(f"wrote {json_out}", soft_wrap=True)

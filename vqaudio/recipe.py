@@ -113,7 +113,8 @@ class DecoderConfig(_WaveNetShape):
 
 
 class PriorConfig(_WaveNetShape):
-    """A WaveNet prior over the codes of a trained VQ-VAE (model.kind: code_prior)."""
+    """A prior over the codes of a trained VQ-VAE: a WaveNet for audio (model.kind: code_prior), a
+    gated PixelCNN for images (image_prior: `layers`, odd `kernel_size`, `residual_channels` channels)."""
 
     section: ClassVar[str] = "prior"
     vqvae: str  # the VQ-VAE: a run folder, a checkpoint, or "newest" (newest VQ-VAE under train.runs_dir)
@@ -129,10 +130,11 @@ class ImageNetConfig(_Strict):
 
 
 IMAGE_MODELS = ("image_vqvae", "image_vae")
+PRIOR_MODELS = ("code_prior", "image_prior")
 
 
 class ModelConfig(_Strict):
-    kind: Literal["audio_vqvae", "code_prior", "image_vqvae", "image_vae"] = "audio_vqvae"
+    kind: Literal["audio_vqvae", "code_prior", "image_vqvae", "image_vae", "image_prior"] = "audio_vqvae"
     encoder: EncoderConfig = EncoderConfig()
     quantizer: QuantizerConfig = QuantizerConfig()
     decoder: DecoderConfig = DecoderConfig()
@@ -164,20 +166,23 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _prior_sections(self) -> Recipe:
-        if self.model.kind == "code_prior":
+        kind = self.model.kind
+        if kind in PRIOR_MODELS:
             if self.prior is None:
-                raise ValueError("model.kind code_prior needs a prior section with prior.vqvae (the VQ-VAE run)")
+                raise ValueError(f"model.kind {kind} needs a prior section with prior.vqvae (the VQ-VAE run)")
             if "data" in self.model_fields_set:
-                raise ValueError("a code_prior recipe trains on its VQ-VAE's own corpus: remove the data section")
+                raise ValueError(f"a {kind} recipe trains on its VQ-VAE's own data: remove the data section")
+            if kind == "image_prior" and self.prior.kernel_size % 2 == 0:
+                raise ValueError("prior.kernel_size must be odd for the PixelCNN (its window is centred)")
         elif self.prior is not None:
-            raise ValueError("the prior section belongs to model.kind code_prior recipes")
+            raise ValueError("the prior section belongs to model.kind code_prior or image_prior recipes")
         return self
 
     @model_validator(mode="after")
     def _crop_fits_hop(self) -> Recipe:
         hop = 2 ** self.model.encoder.downsample_layers
         image_data = self.data.kind in ("cifar10", "image_folder")
-        if (self.model.kind in IMAGE_MODELS) != image_data and self.model.kind != "code_prior":
+        if (self.model.kind in IMAGE_MODELS) != image_data and self.model.kind not in PRIOR_MODELS:
             raise ValueError(f"model.kind {self.model.kind} cannot train on data.kind {self.data.kind}")
         if self.model.kind == "audio_vqvae" and self.data.crop_samples % hop:
             raise ValueError(
@@ -192,7 +197,7 @@ class Recipe(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe; a prior's has no data section (it uses its VQ-VAE's corpus)."""
-        skip = {"data"} if self.model.kind == "code_prior" else {"prior"}
+        skip = {"data"} if self.model.kind in PRIOR_MODELS else {"prior"}
         return self.model_dump(mode="json", exclude=skip)
 
 

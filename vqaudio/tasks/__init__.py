@@ -22,4 +22,8 @@ def build_setup(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainS
         from vqaudio.tasks.image_models import build_image_task
 
         return build_image_task(recipe, on_progress)
+    if recipe.model.kind == "image_prior":
+        from vqaudio.tasks.image_prior import build_image_prior
+
+        return build_image_prior(recipe, on_progress)
     raise VQAudioError(f"model.kind {recipe.model.kind!r} has no training task")

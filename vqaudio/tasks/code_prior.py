@@ -21,10 +21,10 @@ from vqaudio.train.trainer import Batch, TrainSetup
 KIND = "code_prior"
 
 
-def resolve_vqvae(spec: str, runs_dir: Path) -> Path:
-    """prior.vqvae: "newest", a run folder (its newest checkpoint) or a checkpoint file."""
+def resolve_vqvae(spec: str, runs_dir: Path, kind: str = "audio_vqvae") -> Path:
+    """prior.vqvae: "newest" (of `kind`), a run folder (its newest checkpoint) or a checkpoint file."""
     if spec == "newest":
-        return newest_checkpoint(runs_dir, "audio_vqvae")
+        return newest_checkpoint(runs_dir, kind)
     path = Path(spec).expanduser()
     if path.is_file():
         return path

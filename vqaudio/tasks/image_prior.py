@@ -1,0 +1,110 @@
+"""Training the gated PixelCNN prior over an image VQ-VAE's code maps, conditioned on the class."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqaudio.data.corpus import ProgressFn
+from vqaudio.errors import VQAudioError
+from vqaudio.fileio import atomic_output
+from vqaudio.image_codec import LoadedModel, build_pixelcnn, load_image_model
+from vqaudio.models.pixelcnn import GatedPixelCNN
+from vqaudio.recipe import Recipe
+from vqaudio.tasks.code_prior import resolve_vqvae
+from vqaudio.tasks.image_models import load_image_splits
+from vqaudio.train.trainer import Batch, TrainSetup
+
+KIND = "image_prior"
+
+
+class PixelCNNPrior(nn.Module):
+    """The training-loop face of the PixelCNN: summed nats and counts, reported as bits per code."""
+
+    def __init__(self, net: GatedPixelCNN) -> None:
+        super().__init__()
+        self.net = net
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        codes, labels = batch["codes"], batch["labels"]
+        nats = F.cross_entropy(self.net(codes, labels).float(), codes, reduction="sum")
+        count = torch.tensor(float(codes.numel()), device=codes.device)
+        loss = nats / count
+        return loss, {"loss": loss.detach(), "nats": nats.detach().reshape(1), "codes": count.reshape(1)}
+
+    @staticmethod
+    def summarize_metrics(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+        result = {k: float(v) for k, v in values.items() if k not in ("nats", "codes")}
+        if "nats" in values:
+            result["bits_per_code"] = float(torch.as_tensor(values["nats"]).sum()) / float(
+                torch.as_tensor(values["codes"]).sum()
+            ) / math.log(2)
+        return result
+
+
+def image_code_maps(vq: LoadedModel, on_progress: ProgressFn | None = None) -> dict[str, np.ndarray]:
+    """Code maps and labels of the VQ-VAE's training and held-out images (cached beside its run)."""
+    folder = vq.checkpoint.resolve().parent
+    folder = folder.parent if folder.name == "checkpoints" else folder
+    cache = folder / "codes" / f"{vq.fingerprint}-images.npz"
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    train, valid = load_image_splits(vq.recipe.data)
+    arrays: dict[str, np.ndarray] = {}
+    for name, images in (("train", train), ("valid", valid)):
+        pieces = []
+        for first in range(0, len(images), 256):
+            batch = torch.from_numpy(images.images[first : first + 256])
+            pieces.append(vq.model.encode(batch).cpu().numpy().astype(np.int16))
+            if on_progress:
+                on_progress(min(len(images), first + 256), len(images))
+        arrays[f"{name}_codes"] = np.concatenate(pieces)
+        arrays[f"{name}_labels"] = images.labels
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(cache) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    return arrays
+
+
+def build_image_prior(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainSetup:
+    assert recipe.prior is not None
+    checkpoint = resolve_vqvae(recipe.prior.vqvae, Path(recipe.train.runs_dir), kind="image_vqvae")
+    vq = load_image_model(checkpoint, torch.device("cpu"))
+    if vq.kind != "image_vqvae":
+        raise VQAudioError(f"{checkpoint}: a {vq.kind} has no codes; a PixelCNN prior needs an image VQ-VAE")
+    maps = image_code_maps(vq, on_progress)
+    train_codes, train_labels = maps["train_codes"], maps["train_labels"]
+    valid_count = min(len(maps["valid_labels"]), vq.recipe.data.valid_images)
+    batch_size = recipe.train.batch_size
+
+    def batch_of(codes: np.ndarray, labels: np.ndarray) -> Batch:
+        return {"codes": torch.from_numpy(codes.astype(np.int64)), "labels": torch.from_numpy(labels.astype(np.int64))}
+
+    def train_batch(step: int) -> Batch:
+        items = np.random.default_rng([recipe.seed, step]).integers(0, len(train_labels), batch_size)
+        return batch_of(train_codes[items], train_labels[items])
+
+    def valid_batches() -> Iterator[Batch]:
+        for first in range(0, valid_count, batch_size):
+            last = min(valid_count, first + batch_size)
+            yield batch_of(maps["valid_codes"][first:last], maps["valid_labels"][first:last])
+
+    torch.manual_seed(recipe.seed)
+    model = PixelCNNPrior(build_pixelcnn(recipe, vq.model.codebook_size, len(vq.class_names)))
+    metadata = {
+        "class_names": vq.class_names,
+        "code_shape": list(train_codes.shape[1:]),
+        "codebook_size": vq.model.codebook_size,
+        "image_shape": vq.metadata.get("image_shape"),
+        "vqvae_checkpoint": str(checkpoint.resolve()),
+        "vqvae_fingerprint": vq.fingerprint,
+        "valid_images": valid_count,
+    }
+    return TrainSetup(KIND, model, train_batch, valid_batches, metadata)
