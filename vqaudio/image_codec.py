@@ -9,8 +9,6 @@ from typing import Any
 import torch
 
 from vqaudio.errors import VQAudioError
-from vqaudio.models.image_vae import ImageVAE
-from vqaudio.models.image_vqvae import ImageVQVAE
 from vqaudio.models.pixelcnn import GatedPixelCNN
 from vqaudio.recipe import Recipe, validate_recipe
 from vqaudio.train.checkpoint import load_checkpoint
