@@ -79,8 +79,10 @@ def test_pixelcnn_prior_trains_on_image_codes_and_samples_a_grid(shared_data, tm
     assert code == 2 and "--label 'zebra': not a class of this model" in output
 
 
-def test_eval_reports_bits_per_dim_for_vqvae_prior_and_vae(shared_data, tmp_path, monkeypatch):
+def test_eval_reports_bits_per_dim_for_vqvae_prior_and_vae(shared_data, tmp_path, monkeypatch, capsys):
     from PIL import Image
+
+    from conftest import run_main
 
     monkeypatch.chdir(tmp_path)
     root = str(shared_data / "cifar-10-batches-py-mini")
@@ -96,6 +98,8 @@ def test_eval_reports_bits_per_dim_for_vqvae_prior_and_vae(shared_data, tmp_path
     assert report["bits_per_dim_uniform_prior"] == pytest.approx(report["nll_bits_per_dim"] + 64 * 4 / 3072)
     with Image.open(vq.parent.parent / "eval_reconstructions.png") as png:
         assert png.size == (8 * 34 + 2, 2 * 34 + 2)  # 8 originals above 8 reconstructions
+    code, output = run_main(capsys, "eval", "-c", str(vq), "--n-q", "2")
+    assert code == 2 and "--n-q: audio options; an image model is scored on its own held-out images" in output
     invoke("eval", "-c", str(vae), "--max-clips", "40", "--json", "vae.json")
     report = json.loads((tmp_path / "vae.json").read_text())
     assert report["bits_per_dim_elbo"] == pytest.approx(report["nll_bits_per_dim"] + report["kl_bits_per_dim"])

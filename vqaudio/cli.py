@@ -340,6 +340,9 @@ def eval_command(
     prior = None
     kind = checkpoint_kind(checkpoint) if checkpoint is not None else None
     if kind in ("image_vqvae", "image_vae", "image_prior"):
+        audio_only = [name for name, value in (("--data", data), ("--n-q", n_q), ("--audio-dir", audio_dir)) if value is not None]
+        if audio_only:
+            raise VQAudioError(f"{', '.join(audio_only)}: audio options; an image model is scored on its own held-out images")
         _eval_images(checkpoint, prior_checkpoint, json_out, max_clips, force, device)
         return
     if kind == "code_prior" and prior_checkpoint is None:
