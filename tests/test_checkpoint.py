@@ -19,10 +19,22 @@ class Exploit:
 
 def test_round_trip(tmp_path):
     path = tmp_path / "c.pt"
-    save_checkpoint(path, {"kind": "audio_vqvae", "model": {"w": torch.ones(2)}, "step": 3})
+    model = {"w": torch.ones(2)}
+    save_checkpoint(path, {"kind": "audio_vqvae", "model": model, "fingerprint": model_fingerprint(model), "step": 3})
     payload = load_checkpoint(path)
     assert payload["step"] == 3 and torch.equal(payload["model"]["w"], torch.ones(2))
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_weights_that_do_not_match_their_fingerprint_are_refused(tmp_path):
+    """PyTorch's zip container has no checksum it checks; the fingerprint catches flipped bits."""
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(2)}, "fingerprint": model_fingerprint({"w": torch.zeros(2)})})
+    with pytest.raises(VQAudioError, match=r"c\.pt: damaged checkpoint: its weights do not match"):
+        load_checkpoint(path)
+    save_checkpoint(path, {"fingerprint": "0"})
+    with pytest.raises(VQAudioError, match="holds no model weights"):
+        load_checkpoint(path)
 
 
 def test_pickled_code_never_runs(tmp_path):

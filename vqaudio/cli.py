@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from vqaudio.errors import TrainingInterrupted, VQAudioError
 from vqaudio.progress import preparation_bar
@@ -492,12 +493,47 @@ def demo_clip(
     out.print(f"wrote {target} (demo speaker {speaker}, {seconds:.2f} s at {sample_rate} Hz)")
 
 
-def main() -> None:
+def _torchrun_rank() -> int:
+    """This process's rank in a torchrun job of several processes (0 otherwise)."""
+    import os
+
     try:
-        app()
+        return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except ValueError:
+        return 0
+
+
+def main() -> None:
+    rank = _torchrun_rank()
+    if rank:  # rank 0 speaks for a torchrun job; the others only report their own errors
+        out.quiet = err.quiet = True
+    try:
+        status = app(standalone_mode=False)
+        if isinstance(status, int) and status:  # an explicit exit code (typer.Exit)
+            sys.exit(status)
+    except typer.Abort:
+        sys.exit(130)
     except VQAudioError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.quiet = False
+        prefix = f"rank {rank}: " if rank else ""
+        err.print(f"{prefix}[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except TrainingInterrupted as exc:
-        err.print(f"[yellow]interrupted:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]interrupted:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(130)
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        # unknown option, missing argument, bad value: one line too, naming the command's help
+        context = getattr(exc, "ctx", None)
+        where = context.command_path if context is not None else "vqaudio"
+        message = exc.format_message()  # type: ignore[attr-defined]
+        if message:  # `vqaudio` alone has already printed the help
+            err.quiet = False
+            err.print(f"[bold red]error:[/] {escape(message)} (see {where} --help)", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """A command-line usage error from typer's click (typer vendors click, so match by class name)."""
+    return any(cls.__name__ == "UsageError" for cls in type(exc).__mro__)

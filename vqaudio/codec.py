@@ -8,6 +8,7 @@ waveform of the original length.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,7 @@ def load_codec(checkpoint: str | Path, device: torch.device) -> Codec:
     """Rebuild the model from a checkpoint's own recipe and weights."""
     payload = load_checkpoint(checkpoint)
     if payload.get("kind") != "audio_vqvae":
-        raise VQAudioError(f"{checkpoint}: a {payload.get('kind')} checkpoint, not an audio VQ-VAE")
+        raise VQAudioError(f"{checkpoint}: holds a {payload.get('kind')} model, not an audio VQ-VAE")
     missing = [k for k in ("recipe", "metadata", "model", "fingerprint", "step") if k not in payload]
     meta = payload.get("metadata") or {}
     missing += [f"metadata.{k}" for k in ("speakers", "sample_rate") if k not in meta]
@@ -249,18 +250,55 @@ def sidecar_for(codes_path: Path) -> Path:
     return codes_path.with_name(codes_path.name + ".json")
 
 
-def read_codes(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Load a codes file and its sidecar, checking both are well formed."""
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _load_codes_array(path: Path) -> np.ndarray:
+    """Read a .npy codes array after checking its header against the file: integer dtype, one or
+    two dimensions, and exactly the bytes the header declares. Nothing is unpickled, and a header
+    declaring a huge shape is refused before anything is allocated."""
     if not path.exists():
         raise VQAudioError(f"{path}: no such codes file")
-    try:
-        codes = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise VQAudioError(f"{path}: not a readable .npy codes file ({str(exc).splitlines()[0][:120]})") from None
-    if not np.issubdtype(codes.dtype, np.integer):
-        raise VQAudioError(f"{path}: codes must be integers, found dtype {codes.dtype}")
-    if codes.ndim not in (1, 2) or codes.size == 0:
-        raise VQAudioError(f"{path}: codes must be a non-empty [frames] or [n_q, frames] array, found shape {codes.shape}")
+    if path.is_dir():
+        raise VQAudioError(f"{path}: is a folder; give a .npy codes file")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        if handle.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            what = "it is empty" if size == 0 else "it does not start with the NumPy magic bytes"
+            raise VQAudioError(f"{path}: not a .npy codes file ({what}); give the file vqaudio encode wrote")
+        handle.seek(0)
+        try:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+        except Exception as exc:  # numpy parses the header with Python's tokenizer: any failure means damage
+            detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise VQAudioError(f"{path}: not a readable .npy codes file (damaged header: {detail})") from None
+        if dtype.hasobject:
+            raise VQAudioError(f"{path}: holds Python objects (pickled data), which vqaudio never loads; give integer codes")
+        if not np.issubdtype(dtype, np.integer):
+            raise VQAudioError(f"{path}: codes must be integers, found dtype {dtype}")
+        count = math.prod(shape)
+        if len(shape) not in (1, 2) or count == 0:
+            raise VQAudioError(f"{path}: codes must be a non-empty [frames] or [n_q, frames] array, found shape {shape}")
+        declared, present = count * dtype.itemsize, size - handle.tell()
+        if declared != present:
+            problem = "truncated" if present < declared else "longer than its header says"
+            raise VQAudioError(
+                f"{path}: {problem}: the header declares a {shape} {dtype} array ({declared} bytes) "
+                f"but {present} bytes follow; re-encode the audio"
+            )
+        data = np.fromfile(handle, dtype=dtype, count=count)
+    return data.reshape(shape, order="F" if fortran else "C")
+
+
+def read_codes(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Load a codes file and its sidecar, checking both are well formed."""
+    codes = _load_codes_array(path)
     side = sidecar_for(path)
     if not side.exists():
         raise VQAudioError(f"{side}: missing; the codes file needs the sidecar vqaudio encode wrote beside it")

@@ -44,7 +44,7 @@ class LoadedModel:
 def _load(checkpoint: str | Path, kinds: tuple[str, ...], device: torch.device) -> tuple[dict[str, Any], Recipe]:
     payload = load_checkpoint(checkpoint)
     if payload.get("kind") not in kinds:
-        raise VQAudioError(f"{checkpoint}: a {payload.get('kind')} checkpoint, not {' or '.join(kinds)}")
+        raise VQAudioError(f"{checkpoint}: holds a {payload.get('kind')} model, not {' or '.join(kinds)}")
     return payload, validate_recipe(payload["recipe"], f"{checkpoint} (embedded recipe)")
 
 

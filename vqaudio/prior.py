@@ -44,7 +44,7 @@ def load_prior(checkpoint: str | Path, device: torch.device, vqvae: str | Path |
 
     payload = load_checkpoint(checkpoint)
     if payload.get("kind") != "code_prior":
-        raise VQAudioError(f"{checkpoint}: a {payload.get('kind')} checkpoint, not a code prior (train recipes/demo_prior.yaml)")
+        raise VQAudioError(f"{checkpoint}: holds a {payload.get('kind')} model, not a code prior (train recipes/demo_prior.yaml)")
     meta = payload.get("metadata") or {}
     missing = [k for k in ("vqvae_checkpoint", "vqvae_fingerprint", "speakers", "codebook_size", "n_q") if k not in meta]
     if missing:

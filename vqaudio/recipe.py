@@ -154,6 +154,9 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(3, ge=1)
     runs_dir: str = "runs"
     tensorboard: bool = False  # also write TensorBoard event files to <run>/tensorboard
+    accumulate_batches: int = Field(1, ge=1)  # batches whose gradients add up before each optimiser step
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA GPUs that have it
+    compile: bool = False  # torch.compile the training step (worth it for long runs; slow to start)
 
 
 class Recipe(_Strict):

@@ -40,6 +40,33 @@ def expected_samples(path: str | Path, target_rate: int) -> int | None:
     return int(round(info.frames * target_rate / info.samplerate))
 
 
+def _check_wav_complete(path: Path) -> None:
+    """Refuse a WAV file cut short: libsndfile would quietly read only the samples that are there.
+
+    Walks the RIFF chunks to the `data` chunk and compares the size its header promises with the
+    bytes on disk. Sizes 0 and 0xFFFFFFFF mean "unknown" (written by streaming tools) and pass.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return  # not a plain RIFF WAV; libsndfile judges it
+        offset = 12
+        while offset + 8 <= size:
+            handle.seek(offset)
+            chunk = handle.read(8)
+            declared = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                if declared not in (0, 0xFFFFFFFF) and offset + 8 + declared > size:
+                    have = size - offset - 8
+                    raise VQAudioError(
+                        f"{path}: the WAV file is truncated: its header promises {declared} bytes of audio "
+                        f"but only {have} are there; re-export or restore the file"
+                    )
+                return
+            offset += 8 + declared + (declared & 1)  # chunks are padded to an even size
+
+
 def iter_audio(path: str | Path, target_rate: int, block_seconds: float = 10.0) -> Iterator[np.ndarray]:
     """Read `path` block by block as mono float32 at `target_rate`, in memory that does not grow
     with the file's length. soxr's streaming resampler gives the same samples as its one-shot
@@ -49,6 +76,9 @@ def iter_audio(path: str | Path, target_rate: int, block_seconds: float = 10.0) 
         raise VQAudioError(f"{path}: no such file")
     if path.is_dir():
         raise VQAudioError(f"{path}: is a folder, not an audio file")
+    if path.stat().st_size == 0:
+        raise VQAudioError(f"{path}: the file is empty (0 bytes); give a recording")
+    _check_wav_complete(path)
     try:
         handle = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
@@ -71,7 +101,9 @@ def iter_audio(path: str | Path, target_rate: int, block_seconds: float = 10.0) 
                 mono = block.mean(axis=1).astype(np.float32)
                 yield stream.resample_chunk(mono, last=False) if stream is not None else mono
         except (sf.LibsndfileError, RuntimeError) as exc:
-            raise VQAudioError(f"{path}: the audio data is damaged after {seen} samples ({exc})") from exc
+            raise VQAudioError(
+                f"{path}: the audio data is damaged after {seen} samples ({exc}); re-export or restore the file"
+            ) from exc
         if seen == 0:
             raise VQAudioError(f"{path}: holds no samples; give a non-empty recording")
         if stream is not None:

@@ -52,6 +52,7 @@ class AudioVQVAE(nn.Module):
         self.hop = self.encoder.hop
         self.num_speakers = num_speakers
         self.mu_channels = dec.quantization_channels
+        self.silence = silence_class(self.mu_channels)  # the "previous sample" before the first
         self.speaker_embedding = nn.Embedding(num_speakers, dec.speaker_dim) if dec.speaker_dim else None
         # A kernel-3 convolution at the latent rate lets each frame see its neighbours before upsampling.
         self.cond_net = nn.Sequential(nn.Conv1d(vq.dim, dec.cond_channels, 3, padding=1), nn.ReLU())
@@ -80,7 +81,7 @@ class AudioVQVAE(nn.Module):
     def _speaker_vector(self, speaker: torch.Tensor) -> torch.Tensor | None:
         if self.speaker_embedding is None:
             return None
-        if speaker.min() < 0 or speaker.max() >= self.num_speakers:
+        if not torch.compiler.is_compiling() and (speaker.min() < 0 or speaker.max() >= self.num_speakers):
             raise ValueError(f"speaker index out of range 0..{self.num_speakers - 1}")
         return self.speaker_embedding(speaker)
 
@@ -89,7 +90,7 @@ class AudioVQVAE(nn.Module):
         z_e = self.encoder(audio.unsqueeze(1))
         quant = self.quantizer(z_e)
         targets = mulaw_encode(audio, self.mu_channels)
-        inputs = F.pad(targets[:, :-1], (1, 0), value=silence_class(self.mu_channels))
+        inputs = F.pad(targets[:, :-1], (1, 0), value=self.silence)
         logits = self.decoder(inputs, self.cond_net(quant.quantized), self._speaker_vector(speaker))
         return AudioVQVAEOutput(logits, targets, quant)
 
@@ -156,7 +157,7 @@ class AudioVQVAE(nn.Module):
             batch=codes.shape[0],
             cond=lambda first, last: self.latent_conditioning(codes, first, last),
             global_cond=self._speaker_vector(speaker),
-            first_input=silence_class(self.mu_channels),
+            first_input=self.silence,
             temperature=temperature,
             generator=generator,
             backend=backend,

@@ -14,8 +14,9 @@ The input is channels-first, [B, D, *positions], so the same module serves 1-D a
 - `cosine`: codes and encoder outputs are L2-normalised and compared by cosine similarity.
 
 Every statistic that decides the codebook (EMA counts and sums, k-means sums, usage) is summed
-over ranks under torch.distributed, and random re-seeding draws on rank 0 and broadcasts, so
-every rank holds the same codebook.
+over ranks under torch.distributed, and seeds (data init, dead-code restarts) are drawn from all
+ranks' encoder outputs with the shared RNG and broadcast from rank 0, so every rank holds the
+same codebook, the one a single process with the whole batch would hold.
 """
 
 from __future__ import annotations
@@ -58,6 +59,26 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if _distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def gather_rows(flat: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows [N_r, D], concatenated in rank order (ranks may hold different N_r).
+
+    Codebook seeds drawn from these rows are the ones a single process would draw from the
+    whole batch, so a data-parallel run seeds its codebook as one process with the full batch.
+    """
+    if not _distributed():
+        return flat
+    world = dist.get_world_size()
+    size = torch.tensor([flat.shape[0]], device=flat.device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(s) for s in sizes]
+    padded = flat.new_zeros(max(counts), flat.shape[1])
+    padded[: flat.shape[0]] = flat
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:count] for part, count in zip(parts, counts)])
 
 
 def broadcast_from_first(tensor: torch.Tensor) -> torch.Tensor:
@@ -175,11 +196,13 @@ class VectorQuantizer(nn.Module):
         self._pending.append(flat)
         if len(self._pending) < self.init_batches:
             if len(self._pending) == 1:  # train with data-seeded codes until k-means has its data
-                self._set_codes(torch.ones(self.num_codes, dtype=torch.bool, device=flat.device), self._sample(flat, self.num_codes))
+                everything = torch.ones(self.num_codes, dtype=torch.bool, device=flat.device)
+                self._set_codes(everything, self._sample(gather_rows(flat), self.num_codes))
             return
-        data = torch.cat(self._pending)
+        data = torch.cat(self._pending)  # this rank's rows: k-means sums its statistics over ranks
+        everyone = torch.cat([gather_rows(batch) for batch in self._pending])  # batch by batch, as one process
         self._pending = []
-        seeds = self._sample(data, self.num_codes)
+        seeds = self._sample(everyone, self.num_codes)
         if self.init == "kmeans":
             seeds = kmeans(data, seeds, self.kmeans_iters, cosine=self.cosine)
         everything = torch.ones(self.num_codes, dtype=torch.bool, device=flat.device)
@@ -189,7 +212,8 @@ class VectorQuantizer(nn.Module):
         self.initialized.fill_(1)
 
     def _sample(self, flat: torch.Tensor, count: int) -> torch.Tensor:
-        """`count` rows of `flat` drawn at random (with replacement when too few), identical on all ranks."""
+        """`count` rows of `flat` (every rank's rows, from `gather_rows`) drawn at random, with
+        replacement; identical on all ranks (they share the RNG state; the broadcast guards drift)."""
         picks = torch.randint(0, flat.shape[0], (count,), device=flat.device)
         rows = flat[picks] + 1e-4 * flat.std() * torch.randn(count, flat.shape[1], device=flat.device)
         return broadcast_from_first(rows.contiguous())
@@ -222,12 +246,13 @@ class VectorQuantizer(nn.Module):
         dead = self.usage < self.restart_threshold * fair
         count = int(dead.sum())
         if count:
-            self._set_codes(dead, self._sample(flat, count))
+            self._set_codes(dead, self._sample(gather_rows(flat), count))
             self.usage[dead] = fair  # a fresh code gets a fair share of time to be chosen
         return count
 
     # ----- forward -----
 
+    @torch.compiler.disable  # data-dependent codebook logic: eager under train.compile, the nets around it compiled
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> QuantizerOutput:
         """Quantise z [B, D, *positions]; `mask` [B] (bool) leaves examples out of every statistic
         and loss (residual quantiser dropout)."""

@@ -37,6 +37,7 @@ class ResidualVectorQuantizer(nn.Module):
             raise ValueError(f"{codes.shape[1]} codebooks given, the model has {self.n_q}")
         return sum(level.lookup(codes[:, i]) for i, level in enumerate(self.levels[: codes.shape[1]]))
 
+    @torch.compiler.disable  # data-dependent codebook logic: eager under train.compile, the nets around it compiled
     def forward(self, z: torch.Tensor, n_q: int | None = None) -> QuantizerOutput:
         """Quantise with the first `n_q` codebooks (all by default). In training with dropout each
         example uses a random number 1..n_q of them, and the rest leave its loss and statistics."""

@@ -11,7 +11,7 @@ from vqaudio.data.corpus import AudioCorpus, ProgressFn, heldout_split, prepare_
 from vqaudio.errors import VQAudioError
 from vqaudio.models.audio_vqvae import AudioVQVAE
 from vqaudio.recipe import Recipe
-from vqaudio.train.trainer import Batch, TrainSetup
+from vqaudio.train.trainer import Batch, Shard, TrainSetup
 
 KIND = "audio_vqvae"
 
@@ -32,12 +32,12 @@ def build_audio_vqvae(recipe: Recipe, on_progress: ProgressFn | None = None) -> 
     lengths = np.array([corpus.lengths[i] for i in train_items], dtype=np.float64)
     weights = lengths / lengths.sum()  # sample utterances in proportion to their length
 
-    def train_batch(step: int) -> Batch:
+    def train_batch(step: int, shard: Shard) -> Batch:
         rng = np.random.default_rng([recipe.seed, step])
-        chosen = rng.choice(len(train_items), size=batch_size, p=weights)
+        chosen = rng.choice(len(train_items), size=shard.total, p=weights)
         items = [train_items[c] for c in chosen]
         starts = [int(rng.integers(0, max(1, corpus.lengths[i] - crop + 1))) for i in items]
-        return crop_batch(corpus, items, starts, crop)
+        return crop_batch(corpus, shard.take(items), shard.take(starts), crop)
 
     def valid_batches() -> Iterator[Batch]:
         for first in range(0, len(valid_items), batch_size):

@@ -16,7 +16,7 @@ from vqaudio.models.code_prior import IGNORE, CodePrior
 from vqaudio.recipe import PriorConfig, Recipe
 from vqaudio.train.checkpoint import list_checkpoints
 from vqaudio.train.run_dir import newest_checkpoint
-from vqaudio.train.trainer import Batch, TrainSetup
+from vqaudio.train.trainer import Batch, Shard, TrainSetup
 
 KIND = "code_prior"
 
@@ -73,11 +73,11 @@ def build_code_prior(recipe: Recipe, on_progress: ProgressFn | None = None) -> T
     frames = np.array([corpus.frames(i) for i in corpus.train], dtype=np.float64)
     weights = frames / frames.sum()
 
-    def train_batch(step: int) -> Batch:
+    def train_batch(step: int, shard: Shard) -> Batch:
         rng = np.random.default_rng([recipe.seed, step])
-        items = [corpus.train[c] for c in rng.choice(len(corpus.train), size=batch_size, p=weights)]
+        items = [corpus.train[c] for c in rng.choice(len(corpus.train), size=shard.total, p=weights)]
         starts = [int(rng.integers(0, max(1, corpus.frames(i) - crop + 1))) for i in items]
-        return code_batch(corpus, items, starts, crop)
+        return code_batch(corpus, shard.take(items), shard.take(starts), crop)
 
     def valid_batches() -> Iterator[Batch]:
         for first in range(0, len(corpus.valid), batch_size):

@@ -14,7 +14,7 @@ from vqaudio.errors import VQAudioError
 from vqaudio.models.image_vae import ImageVAE
 from vqaudio.models.image_vqvae import ImageVQVAE
 from vqaudio.recipe import DataConfig, ModelConfig, Recipe
-from vqaudio.train.trainer import Batch, TrainSetup
+from vqaudio.train.trainer import Batch, Shard, TrainSetup
 
 
 def load_image_splits(config: DataConfig) -> tuple[ImageSet, ImageSet]:
@@ -57,9 +57,9 @@ def build_image_task(recipe: Recipe, on_progress: ProgressFn | None = None) -> T
     valid_count = min(len(valid), recipe.data.valid_images)
     batch_size = recipe.train.batch_size
 
-    def train_batch(step: int) -> Batch:
+    def train_batch(step: int, shard: Shard) -> Batch:
         rng = np.random.default_rng([recipe.seed, step])
-        return image_batch(train, rng.integers(0, len(train), batch_size))
+        return image_batch(train, shard.take(rng.integers(0, len(train), shard.total)))
 
     def valid_batches() -> Iterator[Batch]:
         for first in range(0, valid_count, batch_size):

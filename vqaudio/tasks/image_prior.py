@@ -19,7 +19,7 @@ from vqaudio.models.pixelcnn import GatedPixelCNN
 from vqaudio.recipe import Recipe
 from vqaudio.tasks.code_prior import resolve_vqvae
 from vqaudio.tasks.image_models import load_image_splits
-from vqaudio.train.trainer import Batch, TrainSetup
+from vqaudio.train.trainer import Batch, Shard, TrainSetup
 
 KIND = "image_prior"
 
@@ -87,8 +87,8 @@ def build_image_prior(recipe: Recipe, on_progress: ProgressFn | None = None) -> 
     def batch_of(codes: np.ndarray, labels: np.ndarray) -> Batch:
         return {"codes": torch.from_numpy(codes.astype(np.int64)), "labels": torch.from_numpy(labels.astype(np.int64))}
 
-    def train_batch(step: int) -> Batch:
-        items = np.random.default_rng([recipe.seed, step]).integers(0, len(train_labels), batch_size)
+    def train_batch(step: int, shard: Shard) -> Batch:
+        items = shard.take(np.random.default_rng([recipe.seed, step]).integers(0, len(train_labels), shard.total))
         return batch_of(train_codes[items], train_labels[items])
 
     def valid_batches() -> Iterator[Batch]:

@@ -62,6 +62,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: checkpoint format version {payload.get('version')} is not supported "
             f"(this vqaudio reads version {CHECKPOINT_VERSION})"
         )
+    model = payload.get("model")
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise VQAudioError(f"{path}: damaged checkpoint: it holds no model weights")
+    # The zip container has no checksum PyTorch checks: flipped bits would load as wrong weights.
+    if payload.get("fingerprint") != model_fingerprint(model):
+        raise VQAudioError(
+            f"{path}: damaged checkpoint: its weights do not match the fingerprint written with them "
+            "(a corrupted or edited file); use another checkpoint of the run"
+        )
     return payload
 
 

@@ -18,6 +18,7 @@ from vqaudio.recipe import (
 )
 from vqaudio.tasks import build_setup
 from vqaudio.train.checkpoint import list_checkpoints, load_checkpoint
+from vqaudio.train.distributed import Distributed, barrier, broadcast_text, distributed_job
 from vqaudio.train.metrics_log import check_tensorboard_available
 from vqaudio.train.run_dir import create_run_dir, point_latest, resolve_run_dir
 from vqaudio.train.trainer import Trainer, TrainResult
@@ -25,7 +26,7 @@ from vqaudio.train.trainer import Trainer, TrainResult
 
 def resume_recipe(run_dir: Path, overrides: list[str]) -> Recipe:
     """The run's saved recipe; only `train.*` keys may be overridden (for example more steps)."""
-    saved = read_yaml(run_dir / "recipe.yaml")
+    saved = read_yaml(resolve_run_dir(run_dir) / "recipe.yaml")
     data, touched = apply_overrides(saved, overrides)
     fixed = sorted(k for k in touched if not k.startswith("train."))
     if fixed:
@@ -40,18 +41,33 @@ def train(
     show_progress: bool = True,
     console: Console | None = None,
 ) -> TrainResult:
-    """Train `recipe` in a new run folder, or continue the run in `resume_dir`."""
+    """Train `recipe` in a new run folder, or continue the run in `resume_dir`.
+
+    Under torchrun every process calls this; they form one data-parallel job (see
+    `vqaudio.train.distributed`) in which rank 0 alone writes the run folder.
+    """
     console = console or Console(stderr=True)
     if recipe.train.tensorboard:
         check_tensorboard_available()
+    with distributed_job(device) as (job, device):
+        return _train(recipe, device, job, resume_dir, show_progress and job.is_main, console)
+
+
+def _train(
+    recipe: Recipe, device: torch.device, job: Distributed, resume_dir: Path | None, show_progress: bool, console: Console
+) -> TrainResult:
     if show_progress:
         from vqaudio.progress import preparation_bar
 
         bar = preparation_bar("prepare data")
     else:
         bar = nullcontext(None)
+    if not job.is_main:
+        barrier(job)  # rank 0 prepares (and caches) the data first; the others then read the cache
     with bar as on_progress:
         setup = build_setup(recipe, on_progress)
+    if job.is_main:
+        barrier(job)
     runs_dir = Path(recipe.train.runs_dir)
     if resume_dir is not None:
         run_dir = resolve_run_dir(resume_dir)
@@ -59,13 +75,20 @@ def train(
         payload = load_checkpoint(checkpoint)
         if payload.get("kind") != setup.kind:
             raise VQAudioError(f"{checkpoint}: a {payload.get('kind')} checkpoint cannot resume a {setup.kind} run")
-        trainer = Trainer(setup, recipe, run_dir, device, console, show_progress)
+        trainer = Trainer(setup, recipe, run_dir, device, console, show_progress, job)
         trainer.load_state(payload)
-        console.print(f"resuming {run_dir} from step {trainer.step}")
+        if job.is_main:
+            console.print(f"resuming {run_dir} from step {trainer.step}")
+            for leftover in (run_dir / "checkpoints").glob(".step_*.tmp"):
+                leftover.unlink(missing_ok=True)  # a write that was killed part-way (the real file is intact)
     else:
-        run_dir = create_run_dir(runs_dir, recipe.name, {"kind": setup.kind})
-        trainer = Trainer(setup, recipe, run_dir, device, console, show_progress)
-        console.print(f"run folder: {run_dir}  (device {device})")
-    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-    point_latest(runs_dir, run_dir)
+        created = create_run_dir(runs_dir, recipe.name, {"kind": setup.kind}) if job.is_main else None
+        run_dir = Path(broadcast_text(job, str(created) if created else None, device))
+        trainer = Trainer(setup, recipe, run_dir, device, console, show_progress, job)
+        if job.is_main:
+            where = f"{job.world_size} processes on {device.type}" if job.enabled else f"device {device}"
+            console.print(f"run folder: {run_dir}  ({where})")
+    if job.is_main:
+        (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+        point_latest(runs_dir, run_dir)
     return trainer.run()

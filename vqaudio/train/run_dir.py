@@ -46,6 +46,15 @@ def run_kind(run: Path) -> str | None:
         return None
 
 
+EXAMPLE_RECIPES = {
+    "audio_vqvae": "recipes/demo.yaml",
+    "code_prior": "recipes/demo_prior.yaml",
+    "image_vqvae": "recipes/cifar10_cpu.yaml",
+    "image_vae": "recipes/cifar10_vae_cpu.yaml",
+    "image_prior": "recipes/cifar10_prior_cpu.yaml",
+}
+
+
 def newest_checkpoint(runs_dir: Path, kind: str) -> Path:
     """The most recently written checkpoint of a run of `kind` under `runs_dir`."""
     candidates = []
@@ -56,7 +65,8 @@ def newest_checkpoint(runs_dir: Path, kind: str) -> Path:
                 candidates += list_checkpoints(run)
     if not candidates:
         raise VQAudioError(
-            f"no {kind} checkpoint under {runs_dir}/; train one first (vqaudio train recipes/demo.yaml) or pass -c CHECKPOINT"
+            f"no {kind} checkpoint under {runs_dir}/; train one first "
+            f"(vqaudio train {EXAMPLE_RECIPES.get(kind, 'recipes/demo.yaml')}) or pass -c CHECKPOINT"
         )
     return max(candidates, key=lambda p: p.stat().st_mtime_ns)
 
