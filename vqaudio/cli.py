@@ -76,6 +76,10 @@ def train(
         out.print(f"validation: {summary}")
 
 
+BottomOpt = Annotated[
+    Optional[Path],
+    typer.Option("--bottom", help="VQ-VAE-2 images: the bottom prior (-c is the top one); default: the newest over the same model"),
+]
 PriorOpt = Annotated[
     Optional[Path], typer.Option("--prior", help="prior checkpoint for .vqa files; default: the newest prior under ./runs")
 ]
@@ -222,6 +226,7 @@ def sample(
         Optional[Path], typer.Option("-c", "--checkpoint", help="prior checkpoint; default: the newest prior under ./runs")
     ] = None,
     vqvae: Annotated[Optional[Path], typer.Option("--vqvae", help="the prior's VQ-VAE checkpoint, if it has moved")] = None,
+    bottom: BottomOpt = None,
     temperature: Annotated[float, typer.Option("--temperature", help="prior sampling temperature")] = 1.0,
     decoder_temperature: Annotated[float, typer.Option("--decoder-temperature", help="WaveNet decoder temperature")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="random seed")] = 0,
@@ -235,7 +240,7 @@ def sample(
     if label is not None or (checkpoint is not None and checkpoint_kind(checkpoint) == "image_prior"):
         if speaker is not None:
             raise VQAudioError("--speaker is for speech priors and --label for image priors; give one")
-        _sample_images(label, count, out_dir, checkpoint, vqvae, temperature, seed, force, device)
+        _sample_images(label, count, out_dir, checkpoint, vqvae, bottom, temperature, seed, force, device)
         return
     from vqaudio.audio.io import write_wav
     from vqaudio.codec import write_codes
@@ -269,29 +274,28 @@ def sample(
 
 
 def _sample_images(
-    label: str | None, count: int, out_path: Path, checkpoint: Path | None, vqvae: Path | None, temperature: float,
-    seed: int, force: bool, device: str,
+    label: str | None, count: int, out_path: Path, checkpoint: Path | None, vqvae: Path | None, bottom: Path | None,
+    temperature: float, seed: int, force: bool, device: str,
 ) -> None:  # fmt: skip
     import torch
 
     from vqaudio.device import resolve_device
     from vqaudio.fileio import check_writable
-    from vqaudio.image_codec import load_image_prior, sample_image_codes
+    from vqaudio.image_codec import load_prior_pair, sample_images, sample_rows
     from vqaudio.image_grid import grid, save_png
+    from vqaudio.progress import progress_bar
 
-    loaded = load_image_prior(_checkpoint_or_newest(checkpoint, "image_prior"), resolve_device(device), vqvae)
+    loaded, second = load_prior_pair(_checkpoint_or_newest(checkpoint, "image_prior"), resolve_device(device), bottom, vqvae)
     index = loaded.prior.label_index(label)
     name = loaded.prior.class_names[index]
     target = out_path if out_path.suffix.lower() == ".png" else out_path / f"{name}_seed{seed}.png"
     check_writable(target, force)
     if count < 1:
         raise VQAudioError(f"-n {count}: must be at least 1")
-    height, width = loaded.prior.metadata["code_shape"]
     device_ = next(loaded.prior.model.parameters()).device
     labels = torch.full((count,), index, dtype=torch.long, device=device_)
-    with err.status(f"sampling {count} code maps of {height}x{width}"):
-        codes = sample_image_codes(loaded.prior.model, labels, height, width, temperature, torch.Generator().manual_seed(seed))
-        images = loaded.vqvae.model.decode(codes).cpu().numpy()
+    with progress_bar("sample code rows", sample_rows(loaded, second), "rows") as update:
+        images = sample_images(loaded, second, labels, temperature, torch.Generator().manual_seed(seed), update)
     save_png(grid(images), target, force)
     out.print(f"wrote {target} ({count} samples of class {index} '{name}')", soft_wrap=True)
 
@@ -316,6 +320,7 @@ def eval_command(
     prior_checkpoint: Annotated[
         Optional[Path], typer.Option("--prior", help="also entropy-code every clip under this prior (.vqa bitrate)")
     ] = None,
+    bottom: BottomOpt = None,
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -340,12 +345,14 @@ def eval_command(
         raise VQAudioError(f"--max-clips {max_clips}: must be at least 1")
     prior = None
     kind = checkpoint_kind(checkpoint) if checkpoint is not None else None
-    if kind in ("image_vqvae", "image_vae", "image_prior"):
+    if kind in ("image_vqvae", "image_vae", "image_vqvae2", "image_prior"):
         audio_only = [name for name, value in (("--data", data), ("--n-q", n_q), ("--audio-dir", audio_dir)) if value is not None]
         if audio_only:
             raise VQAudioError(f"{', '.join(audio_only)}: audio options; an image model is scored on its own held-out images")
-        _eval_images(checkpoint, prior_checkpoint, json_out, max_clips, force, device)
+        _eval_images(checkpoint, prior_checkpoint, bottom, json_out, max_clips, force, device)
         return
+    if bottom is not None:
+        raise VQAudioError("--bottom: the bottom prior of a VQ-VAE-2 image model; audio models have none")
     if kind == "code_prior" and prior_checkpoint is None:
         prior_checkpoint, checkpoint = checkpoint, None
     if prior_checkpoint is not None:
@@ -368,7 +375,8 @@ def eval_command(
 
 
 def _eval_images(
-    checkpoint: Path, prior_checkpoint: Path | None, json_out: Path | None, max_images: int | None, force: bool, device: str
+    checkpoint: Path, prior_checkpoint: Path | None, bottom: Path | None, json_out: Path | None, max_images: int | None,
+    force: bool, device: str,
 ) -> None:
     """eval on an image VQ-VAE or VAE (or an image prior: its VQ-VAE under it): bits/dim and a PNG."""
     import numpy as np
@@ -377,22 +385,23 @@ def _eval_images(
     from vqaudio.device import resolve_device
     from vqaudio.evaluation.images import evaluate_images
     from vqaudio.evaluation.report import write_report
-    from vqaudio.image_codec import load_image_model, load_image_prior
+    from vqaudio.image_codec import load_image_model, load_prior_pair
     from vqaudio.image_grid import grid, save_png
     from vqaudio.train.checkpoint import checkpoint_kind
 
     dev = resolve_device(device)
-    prior = None
+    prior = bottom_prior = None
     if checkpoint_kind(checkpoint) == "image_prior":
         prior_checkpoint = checkpoint
     if prior_checkpoint is not None:
-        loaded = load_image_prior(prior_checkpoint, dev)
-        model, prior = loaded.vqvae, loaded.prior
+        first, second = load_prior_pair(prior_checkpoint, dev, bottom)
+        model, prior = first.vqvae, first.prior
+        bottom_prior = second.prior if second is not None else None
     else:
         model = load_image_model(checkpoint, dev)
     png = model.checkpoint.resolve().parent.parent / "eval_reconstructions.png"
     with err.status("scoring held-out images"):
-        report, shown = evaluate_images(model, prior, max_images)
+        report, shown = evaluate_images(model, prior, max_images, bottom_prior=bottom_prior)
     save_png(grid(np.concatenate(shown), columns=shown.shape[1]), png, force=True)
     table = Table(title=f"{report['images']} held-out images, {report['kind']} step {report['step']}")
     table.add_column("bits/dim", no_wrap=True)

@@ -119,22 +119,34 @@ class PriorConfig(_WaveNetShape):
     section: ClassVar[str] = "prior"
     vqvae: str  # the VQ-VAE: a run folder, a checkpoint, or "newest" (newest VQ-VAE under train.runs_dir)
     crop_frames: int = Field(256, ge=2)  # code frames per training example
+    # image priors over a VQ-VAE-2 (model.kind image_vqvae2)
+    level: Literal["top", "bottom"] | None = None  # which code map; the bottom prior is conditioned on the top
+    attention_every: int = Field(0, ge=0)  # causal multi-head self-attention after every N-th layer (0: none)
+    heads: int = Field(4, ge=1)  # attention heads (residual_channels must divide by it)
+    dropout: float = Field(0.0, ge=0, lt=1)  # on the residual branches and in the attention
+    condition_blocks: int = Field(4, ge=0)  # bottom prior: residual blocks of the top-code conditioning stack
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> PriorConfig:
+        if self.attention_every and self.residual_channels % self.heads:
+            raise ValueError(f"prior.residual_channels ({self.residual_channels}) must divide by prior.heads ({self.heads})")
+        return self
 
 
 class ImageNetConfig(_Strict):
-    """The paper's image encoder/decoder (model.kind image_vqvae or image_vae)."""
+    """The paper's image encoder/decoder (model.kind image_vqvae, image_vqvae2 or image_vae)."""
 
     hidden: int = Field(256, ge=1)  # channels of the convolutions and residual blocks
     residual_blocks: int = Field(2, ge=0)
     vae_dim: int = Field(64, ge=1)  # image_vae: latent channels (image_vqvae uses quantizer.dim)
 
 
-IMAGE_MODELS = ("image_vqvae", "image_vae")
+IMAGE_MODELS = ("image_vqvae", "image_vae", "image_vqvae2")
 PRIOR_MODELS = ("code_prior", "image_prior")
 
 
 class ModelConfig(_Strict):
-    kind: Literal["audio_vqvae", "code_prior", "image_vqvae", "image_vae", "image_prior"] = "audio_vqvae"
+    kind: Literal["audio_vqvae", "code_prior", "image_vqvae", "image_vae", "image_vqvae2", "image_prior"] = "audio_vqvae"
     encoder: EncoderConfig = EncoderConfig()
     quantizer: QuantizerConfig = QuantizerConfig()
     decoder: DecoderConfig = DecoderConfig()

@@ -18,7 +18,7 @@ def build_setup(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainS
         from vqaudio.tasks.code_prior import build_code_prior
 
         return build_code_prior(recipe, on_progress)
-    if recipe.model.kind in ("image_vqvae", "image_vae"):
+    if recipe.model.kind in ("image_vqvae", "image_vae", "image_vqvae2"):
         from vqaudio.tasks.image_models import build_image_task
 
         return build_image_task(recipe, on_progress)

@@ -13,6 +13,7 @@ from vqaudio.data.images import ImageSet, load_cifar10, load_image_folder
 from vqaudio.errors import VQAudioError
 from vqaudio.models.image_vae import ImageVAE
 from vqaudio.models.image_vqvae import ImageVQVAE
+from vqaudio.models.image_vqvae2 import ImageVQVAE2
 from vqaudio.recipe import DataConfig, ModelConfig, Recipe
 from vqaudio.train.trainer import Batch, Shard, TrainSetup
 
@@ -31,19 +32,20 @@ def load_image_splits(config: DataConfig) -> tuple[ImageSet, ImageSet]:
     return pick(~held), pick(held)
 
 
-def build_image_model(config: ModelConfig) -> ImageVQVAE | ImageVAE:
+def build_image_model(config: ModelConfig) -> ImageVQVAE | ImageVAE | ImageVQVAE2:
     net = config.image
     if config.kind == "image_vae":
         return ImageVAE(net.vae_dim, net.hidden, net.residual_blocks)
     q = config.quantizer
     if q.n_q != 1:
-        raise VQAudioError("model.quantizer.n_q: the image VQ-VAE uses one codebook")
-    return ImageVQVAE(
-        q.codebook_size, q.dim, net.hidden, net.residual_blocks, beta=q.beta, update=q.update, decay=q.decay,
-        epsilon=q.epsilon, init=q.init, init_batches=q.init_batches, kmeans_iters=q.kmeans_iters,
-        restart_threshold=q.restart_threshold, usage_decay=q.usage_decay, bias_correction=q.bias_correction,
-        cosine=q.cosine,
+        raise VQAudioError(f"model.quantizer.n_q: the {config.kind} uses one codebook per level")
+    options = dict(
+        beta=q.beta, update=q.update, decay=q.decay, epsilon=q.epsilon, init=q.init, init_batches=q.init_batches,
+        kmeans_iters=q.kmeans_iters, restart_threshold=q.restart_threshold, usage_decay=q.usage_decay,
+        bias_correction=q.bias_correction, cosine=q.cosine,
     )  # fmt: skip
+    model = ImageVQVAE2 if config.kind == "image_vqvae2" else ImageVQVAE
+    return model(q.codebook_size, q.dim, net.hidden, net.residual_blocks, **options)
 
 
 def image_batch(images: ImageSet, items: np.ndarray) -> Batch:
@@ -52,8 +54,12 @@ def image_batch(images: ImageSet, items: np.ndarray) -> Batch:
 
 def build_image_task(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainSetup:
     train, valid = load_image_splits(recipe.data)
-    if train.images.shape[1] % 4 or train.images.shape[2] % 4:
-        raise VQAudioError(f"images are {train.images.shape[2]}x{train.images.shape[1]}; sides must be multiples of 4")
+    factor = 8 if recipe.model.kind == "image_vqvae2" else 4  # VQ-VAE-2's top map is at 1/8 of the side
+    if train.images.shape[1] % factor or train.images.shape[2] % factor:
+        raise VQAudioError(
+            f"images are {train.images.shape[2]}x{train.images.shape[1]}; a {recipe.model.kind} needs sides that are "
+            f"multiples of {factor} (set data.image_size)"
+        )
     valid_count = min(len(valid), recipe.data.valid_images)
     batch_size = recipe.train.batch_size
 

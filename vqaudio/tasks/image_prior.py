@@ -1,4 +1,7 @@
-"""Training the gated PixelCNN prior over an image VQ-VAE's code maps, conditioned on the class."""
+"""Training the gated PixelCNN prior over an image VQ-VAE's code maps, conditioned on the class.
+
+Over a VQ-VAE-2 (prior.level) there are two priors: the top one over the top maps, and the
+bottom one over the bottom maps, conditioned on the top maps through a residual stack."""
 
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ class PixelCNNPrior(nn.Module):
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         codes, labels = batch["codes"], batch["labels"]
-        nats = F.cross_entropy(self.net(codes, labels).float(), codes, reduction="sum")
+        nats = F.cross_entropy(self.net(codes, labels, batch.get("condition")).float(), codes, reduction="sum")
         count = torch.tensor(float(codes.numel()), device=codes.device)
         loss = nats / count
         return loss, {"loss": loss.detach(), "nats": nats.detach().reshape(1), "codes": count.reshape(1)}
@@ -59,13 +62,16 @@ def image_code_maps(vq: LoadedModel, on_progress: ProgressFn | None = None) -> d
     train, valid = load_image_splits(vq.recipe.data)
     arrays: dict[str, np.ndarray] = {}
     for name, images in (("train", train), ("valid", valid)):
-        pieces = []
+        pieces: dict[str, list[np.ndarray]] = {"codes": [], "top": []}
         for first in range(0, len(images), 256):
-            batch = torch.from_numpy(images.images[first : first + 256])
-            pieces.append(vq.model.encode(batch).cpu().numpy().astype(np.int16))
+            encoded = vq.model.encode(torch.from_numpy(images.images[first : first + 256]))
+            if isinstance(encoded, tuple):  # VQ-VAE-2: (top, bottom)
+                pieces["top"].append(encoded[0].cpu().numpy().astype(np.int16))
+                encoded = encoded[1]
+            pieces["codes"].append(encoded.cpu().numpy().astype(np.int16))
             if on_progress:
                 on_progress(min(len(images), first + 256), len(images))
-        arrays[f"{name}_codes"] = np.concatenate(pieces)
+        arrays.update({f"{name}_{key}": np.concatenate(parts) for key, parts in pieces.items() if parts})
         arrays[f"{name}_labels"] = images.labels
     cache.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(cache) as tmp, open(tmp, "wb") as handle:
@@ -75,36 +81,51 @@ def image_code_maps(vq: LoadedModel, on_progress: ProgressFn | None = None) -> d
 
 def build_image_prior(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainSetup:
     assert recipe.prior is not None
-    checkpoint = resolve_vqvae(recipe.prior.vqvae, Path(recipe.train.runs_dir), kind="image_vqvae")
+    level = recipe.prior.level
+    wanted = "image_vqvae2" if level else "image_vqvae"
+    checkpoint = resolve_vqvae(recipe.prior.vqvae, Path(recipe.train.runs_dir), kind=wanted)
     vq = load_image_model(checkpoint, torch.device("cpu"))
-    if vq.kind != "image_vqvae":
-        raise VQAudioError(f"{checkpoint}: a {vq.kind} has no codes; a PixelCNN prior needs an image VQ-VAE")
+    if vq.kind == "image_vae":
+        raise VQAudioError(f"{checkpoint}: an image_vae has no codes; a PixelCNN prior needs an image VQ-VAE")
+    if vq.kind != wanted:
+        hint = "set prior.level to top or bottom" if vq.kind == "image_vqvae2" else "remove prior.level"
+        raise VQAudioError(f"{checkpoint}: a {vq.kind}, so {hint}")
     maps = image_code_maps(vq, on_progress)
-    train_codes, train_labels = maps["train_codes"], maps["train_labels"]
+    key = "top" if level == "top" else "codes"
+    train_codes, train_labels = maps[f"train_{key}"], maps["train_labels"]
+    conditioned = level == "bottom"
     valid_count = min(len(maps["valid_labels"]), vq.recipe.data.valid_images)
     batch_size = recipe.train.batch_size
 
-    def batch_of(codes: np.ndarray, labels: np.ndarray) -> Batch:
-        return {"codes": torch.from_numpy(codes.astype(np.int64)), "labels": torch.from_numpy(labels.astype(np.int64))}
+    def batch_of(split: str, items: np.ndarray | slice) -> Batch:
+        batch = {
+            "codes": torch.from_numpy(maps[f"{split}_{key}"][items].astype(np.int64)),
+            "labels": torch.from_numpy(maps[f"{split}_labels"][items].astype(np.int64)),
+        }
+        if conditioned:
+            batch["condition"] = torch.from_numpy(maps[f"{split}_top"][items].astype(np.int64))
+        return batch
 
     def train_batch(step: int, shard: Shard) -> Batch:
-        items = shard.take(np.random.default_rng([recipe.seed, step]).integers(0, len(train_labels), shard.total))
-        return batch_of(train_codes[items], train_labels[items])
+        return batch_of("train", shard.take(np.random.default_rng([recipe.seed, step]).integers(0, len(train_labels), shard.total)))
 
     def valid_batches() -> Iterator[Batch]:
         for first in range(0, valid_count, batch_size):
-            last = min(valid_count, first + batch_size)
-            yield batch_of(maps["valid_codes"][first:last], maps["valid_labels"][first:last])
+            yield batch_of("valid", slice(first, min(valid_count, first + batch_size)))
 
     torch.manual_seed(recipe.seed)
-    model = PixelCNNPrior(build_pixelcnn(recipe, vq.model.codebook_size, len(vq.class_names)))
+    top_shape = list(maps["train_top"].shape[1:]) if conditioned else None
+    scale = train_codes.shape[1] // top_shape[0] if top_shape else 1
+    net = build_pixelcnn(recipe, vq.model.codebook_size, len(vq.class_names), conditioned, scale)
     metadata = {
         "class_names": vq.class_names,
         "code_shape": list(train_codes.shape[1:]),
+        "level": level,
+        "condition_shape": top_shape,
         "codebook_size": vq.model.codebook_size,
         "image_shape": vq.metadata.get("image_shape"),
         "vqvae_checkpoint": str(checkpoint.resolve()),
         "vqvae_fingerprint": vq.fingerprint,
         "valid_images": valid_count,
     }
-    return TrainSetup(KIND, model, train_batch, valid_batches, metadata)
+    return TrainSetup(KIND, PixelCNNPrior(net), train_batch, valid_batches, metadata)
