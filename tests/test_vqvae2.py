@@ -61,23 +61,18 @@ def test_the_bottom_codes_are_conditioned_on_the_top_and_the_decoder_uses_both()
 
 
 def test_image_sides_must_divide_by_eight(tmp_path):
-    from vqaudio.data.images import ImageSet
+    from PIL import Image
+
     from vqaudio.errors import VQAudioError
-    from vqaudio.tasks import image_models
+    from vqaudio.tasks.image_models import build_image_task
 
-    import numpy as np
-
-    recipe = validate_recipe({"name": "x", "data": {"kind": "image_folder", "root": "r"}, "model": {"kind": "image_vqvae2"},
-                              "train": {"steps": 1, "batch_size": 1}}, "x.yaml")  # fmt: skip
-    fake = ImageSet(np.zeros((10, 12, 12, 3), np.uint8), np.zeros(10, np.int64), ["a"])
-    image_models.load_image_splits = lambda config: (fake, fake)  # type: ignore[assignment]
-    try:
-        with pytest.raises(VQAudioError, match="image_vqvae2 needs sides that are multiples of 8"):
-            image_models.build_image_task(recipe)
-    finally:
-        import importlib
-
-        importlib.reload(image_models)
+    (tmp_path / "a").mkdir()
+    for index in range(12):
+        Image.new("RGB", (12, 12), (index * 20, 0, 0)).save(tmp_path / "a" / f"{index}.png")
+    recipe = validate_recipe({"name": "x", "data": {"kind": "image_folder", "root": str(tmp_path)},
+                              "model": {"kind": "image_vqvae2"}, "train": {"steps": 1, "batch_size": 1}}, "x.yaml")  # fmt: skip
+    with pytest.raises(VQAudioError, match="image_vqvae2 needs sides that are multiples of 8"):
+        build_image_task(recipe)
 
 
 def recipe(kind: str, root: str) -> dict:
@@ -136,6 +131,9 @@ def test_two_priors_train_sample_top_then_bottom_and_score_bits_per_dim(shared_d
         report["nll_bits_per_dim"] + report["prior_bits_per_code"] * 80 / 3072, rel=1e-6
     )
     assert report["bottom_prior_checkpoint"].endswith("step_000003.pt")
+
+    text = " ".join(invoke("info", str(bottom_ckpt)).output.split())
+    assert "prior over the bottom level code maps (8x8)" in text and "3 cat" in text
 
     # the wrong prior in the wrong place is named
     code, text = run_main(capsys, "sample", "--label", "cat", "-c", str(bottom_ckpt), "-o", "x.png")

@@ -25,6 +25,9 @@ def checkpoint_summary(path: Path) -> dict:
         "speaker_info": meta.get("speaker_info", {}),
         "valid": payload.get("valid", {}),
     }
+    if "class_names" in meta:  # image models and their priors
+        summary.update(classes=meta["class_names"], code_shape=meta.get("code_shape"), level=meta.get("level"),
+                       vqvae_checkpoint=meta.get("vqvae_checkpoint"), image_shape=meta.get("image_shape"))  # fmt: skip
     if "hop" in meta:
         per_book = meta["sample_rate"] / meta["hop"] * math.log2(meta["codebook_size"])
         n_q = int(meta.get("n_q", 1))
@@ -71,11 +74,18 @@ def describe_checkpoint(path: Path, console: Console) -> None:
                 f"codebook usage on the held-out set: {valid['codes_used']:.0f} of {s['codebook_size']} codes, "
                 f"perplexity {valid['perplexity']:.1f}, entropy {valid['entropy']:.2f} bits"
             )
-    table = Table("index", "speaker", "details", title=f"{len(s['speakers'])} speakers")
-    for i, name in enumerate(s["speakers"]):
-        details = s["speaker_info"].get(name, {})
-        table.add_row(str(i), name, " ".join(v for v in details.values() if v))
-    console.print(table)
+    if "classes" in s:
+        shape = "x".join(map(str, s["image_shape"] or [])) or "?"
+        console.print(f"images {shape}, {len(s['classes'])} classes: " + ", ".join(f"{i} {n}" for i, n in enumerate(s["classes"])))
+        if s["code_shape"]:
+            level = f"{s['level']} level " if s["level"] else ""
+            console.print(f"prior over the {level}code maps ({'x'.join(map(str, s['code_shape']))}) of {s['vqvae_checkpoint']}")
+    else:
+        table = Table("index", "speaker", "details", title=f"{len(s['speakers'])} speakers")
+        for i, name in enumerate(s["speakers"]):
+            details = s["speaker_info"].get(name, {})
+            table.add_row(str(i), name, " ".join(v for v in details.values() if v))
+        console.print(table)
     if s["valid"]:
         console.print("last validation: " + "  ".join(f"{k} {v:.4g}" for k, v in s["valid"].items()))
     console.print("[bold]recipe[/]")

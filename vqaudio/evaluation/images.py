@@ -41,8 +41,8 @@ def evaluate_images(
         labels = torch.from_numpy(valid.labels[first : first + batch_size]).to(device)
         net = model.model
         if model.kind == "image_vqvae2":
-            top, bottom = net._quantise(images)
-            logits = net._decode_vectors(top.quantized, bottom.quantized)
+            top, bottom = net.quantise(images)
+            logits = net.decode_vectors(top.quantized, bottom.quantized)
             latents = top.codes[0].numel() + bottom.codes[0].numel()
             if prior is not None and bottom_prior is not None:
                 top_logits = prior.model(top.codes, labels).float()

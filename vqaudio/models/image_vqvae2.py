@@ -56,19 +56,19 @@ class ImageVQVAE2(nn.Module):
     def codebook_size(self) -> int:
         return self.quantize_bottom.num_codes
 
-    def _quantise(self, images: torch.Tensor) -> tuple[Any, Any]:
+    def quantise(self, images: torch.Tensor) -> tuple[Any, Any]:
         features = self.encode_bottom(to_unit_range(images))
         top = self.quantize_top(self.encode_top(features))
         bottom = self.quantize_bottom(self.bottom_latents(torch.cat([features, self.top_to_bottom(top.quantized)], 1)))
         return top, bottom
 
-    def _decode_vectors(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+    def decode_vectors(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
         return self.decoder(torch.cat([bottom, self.upsample_top(top)], 1))
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images = batch["images"]
-        top, bottom = self._quantise(images)
-        nll = pixel_nll(self._decode_vectors(top.quantized, bottom.quantized), images)  # nats per image
+        top, bottom = self.quantise(images)
+        nll = pixel_nll(self.decode_vectors(top.quantized, bottom.quantized), images)  # nats per image
         dims = images[0].numel()
         latents = top.codes[0].numel() + bottom.codes[0].numel()
         loss = nll.mean() / dims + top.loss + bottom.loss
@@ -94,17 +94,17 @@ class ImageVQVAE2(nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images [B, H, W, 3] -> (top codes [B, H/8, W/8], bottom codes [B, H/4, W/4])."""
-        top, bottom = self._quantise(images)
+        top, bottom = self.quantise(images)
         return top.codes, bottom.codes
 
     @torch.no_grad()
     def decode(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
         """Both code maps -> the most likely image, uint8 [B, 4h, 4w, 3]."""
-        logits = self._decode_vectors(self.quantize_top.lookup(top), self.quantize_bottom.lookup(bottom))
+        logits = self.decode_vectors(self.quantize_top.lookup(top), self.quantize_bottom.lookup(bottom))
         return logits.argmax(dim=2).permute(0, 2, 3, 1).to(torch.uint8)
 
     @torch.no_grad()
     def image_nll(self, images: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
         """-log p(image | codes) in nats, [B]: with the priors' code costs, the hierarchy's bits/dim."""
-        logits = self._decode_vectors(self.quantize_top.lookup(top), self.quantize_bottom.lookup(bottom))
+        logits = self.decode_vectors(self.quantize_top.lookup(top), self.quantize_bottom.lookup(bottom))
         return pixel_nll(logits, images)
