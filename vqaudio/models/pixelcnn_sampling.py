@@ -31,14 +31,24 @@ def _at(bias: torch.Tensor, i: int, j: int) -> torch.Tensor:
     return bias[:, :, i : i + 1, j : j + 1]
 
 
-def _horizontal(layer: GatedLayer, row: torch.Tensor, j: int) -> torch.Tensor:
-    """The horizontal convolution at column j of one row [B, C, W] -> [B, 2C, 1, 1]."""
-    half = layer.kernel // 2
-    if layer.first:  # columns j - half - 1 .. j - 1
-        window = F.pad(row, (half + 1, 0))[:, :, j : j + half + 1]
-    else:  # columns j - half .. j
-        window = F.pad(row, (half, 0))[:, :, j : j + half + 1]
-    return layer.horizontal(window[:, :, None, :])
+class _PixelWeights:
+    """A layer's per-pixel convolutions as matrices: at one position a 1 x (k/2 + 1) convolution
+    and the 1x1 ones are matrix products, far cheaper than convolution calls on 1-pixel inputs."""
+
+    def __init__(self, layer: GatedLayer) -> None:
+        self.half = layer.kernel // 2
+        self.first = layer.first
+        self.horizontal = (layer.horizontal.weight.flatten(1), layer.horizontal.bias)  # [2C, C * (half + 1)]
+        self.to_horizontal = (layer.vertical_to_horizontal.weight.flatten(1), layer.vertical_to_horizontal.bias)
+        self.out = (layer.horizontal_out.weight.flatten(1), layer.horizontal_out.bias)
+
+    def horizontal_at(self, padded_row: torch.Tensor, j: int) -> torch.Tensor:
+        """The horizontal convolution at column j, from the row padded on the left by half + 1
+        [B, C, W + half + 1] -> [B, 2C]. The first layer sees columns j - half - 1 .. j - 1, the
+        others j - half .. j."""
+        start = j if self.first else j + 1
+        window = padded_row[:, :, start : start + self.half + 1]  # [B, C, half + 1], channel-major like the weight
+        return F.linear(window.flatten(1), *self.horizontal)
 
 
 @torch.no_grad()
@@ -69,22 +79,27 @@ def sample_pixelcnn(
     v_inputs = [torch.zeros(batch, channels, height, width, device=device) for _ in layers]
     v_pre = [torch.zeros(batch, 2 * channels, height, width, device=device) for _ in layers]
     caches: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {key: ([], []) for key in net.attention}
+    weights = [_PixelWeights(layer) for layer in layers]
+    lead = max(w.half for w in weights) + 1  # left padding kept on every row buffer
+    zeros_above = torch.zeros(batch, 2 * channels, device=device)
     for i in range(height):
-        # Horizontal stack for this row: h_rows[l] is layer l's input row (h_rows[0]: the codes so far).
-        h_rows = [torch.zeros(batch, channels, width, device=device) for _ in range(len(layers) + 1)]
+        # Horizontal stack for this row: h_rows[l] is layer l's input row (h_rows[0]: the codes so
+        # far), stored with `lead` zero columns on the left so that windows never need padding.
+        h_rows = [torch.zeros(batch, channels, lead + width, device=device) for _ in range(len(layers) + 1)]
         for j in range(width):
-            for index, layer in enumerate(layers):
-                above = v_pre[index][:, :, i - 1 : i, j : j + 1] if i > 0 else torch.zeros(batch, 2 * channels, 1, 1, device=device)
-                h_out = _horizontal(layer, h_rows[index], j) + layer.vertical_to_horizontal(above)
+            for index, (layer, w) in enumerate(zip(layers, weights)):
+                row = h_rows[index][:, :, lead - w.half - 1 :]
+                above = v_pre[index][:, :, i - 1, j] if i > 0 else zeros_above
+                h_out = w.horizontal_at(row, j) + F.linear(above, *w.to_horizontal)
                 if biases[index] is not None:
-                    h_out = h_out + _at(biases[index][1], i, j)
-                h_gated = layer.horizontal_out(layer._gate(h_out))[:, :, 0, 0]
-                h = h_gated if layer.first else h_rows[index][:, :, j] + h_gated
+                    h_out = h_out + _at(biases[index][1], i, j)[:, :, 0, 0]
+                h_gated = F.linear(GatedLayer._gate(h_out), *w.out)
+                h = h_gated if layer.first else h_rows[index][:, :, lead + j] + h_gated
                 key = str(index)
                 if key in net.attention:
                     h = _attend_cached(net.attention[key], h, positions[:, i, j], caches[key])
-                h_rows[index + 1][:, :, j] = h
-            logits = net.head(h_rows[-1][:, :, j, None, None])[:, :, 0, 0].float()
+                h_rows[index + 1][:, :, lead + j] = h
+            logits = net.head(h_rows[-1][:, :, lead + j, None, None])[:, :, 0, 0].float()
             if all_logits is not None:
                 all_logits[:, :, i, j] = logits
             if temperature <= 0:
@@ -93,7 +108,7 @@ def sample_pixelcnn(
                 probs = torch.softmax(logits / temperature, dim=1).cpu()
                 chosen = torch.multinomial(probs, 1, generator=generator)[:, 0].to(device)
             codes[:, i, j] = chosen
-            h_rows[0][:, :, j] = net.embed(chosen)
+            h_rows[0][:, :, lead + j] = net.embed(chosen)
         _advance_vertical(layers, biases, v_inputs, v_pre, net.embed(codes[:, i]).permute(0, 2, 1), i)
         if on_row is not None:
             on_row(i + 1)
