@@ -45,15 +45,10 @@ SINGLE = Distributed()
 
 def launched_by_torchrun() -> bool:
     """True when the environment holds a torchrun job of more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def environment_rank() -> int:
-    """This process's rank as torchrun set it (0 outside torchrun), readable before the group exists."""
     try:
-        return int(os.environ.get("RANK", "0"))
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
     except ValueError:
-        return 0
+        raise VQAudioError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number; start with torchrun") from None
 
 
 @contextlib.contextmanager
