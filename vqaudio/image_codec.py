@@ -140,11 +140,13 @@ def sample_image_codes_full(
     return codes
 
 
-def find_bottom_prior(top: ImagePrior, runs_dir: Path = Path("runs")) -> Path:
-    """The newest bottom prior under `runs_dir` trained over the same VQ-VAE-2 as `top`."""
+def find_bottom_prior(top: ImagePrior, runs_dir: Path | None = None) -> Path:
+    """The newest bottom prior trained over the same VQ-VAE-2 as `top`, under `runs_dir` (by
+    default the runs folder the top prior's run sits in: runs/<name>/<run>/checkpoints/)."""
     from vqaudio.train.checkpoint import list_checkpoints
     from vqaudio.train.run_dir import run_kind
 
+    runs_dir = runs_dir or top.prior.checkpoint.resolve().parents[3]
     found = []
     for run_json in runs_dir.glob("*/*/run.json") if runs_dir.is_dir() else []:
         checkpoints = list_checkpoints(run_json.parent) if run_kind(run_json.parent) == "image_prior" else []
