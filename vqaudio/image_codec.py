@@ -12,7 +12,7 @@ import torch
 
 from vqaudio.errors import VQAudioError
 from vqaudio.models.pixelcnn import GatedPixelCNN
-from vqaudio.models.pixelcnn_sampling import sample_pixelcnn
+from vqaudio.models.pixelcnn_sampling import draw_codes, sample_pixelcnn
 from vqaudio.recipe import Recipe, validate_recipe
 from vqaudio.train.checkpoint import load_checkpoint
 
@@ -131,12 +131,7 @@ def sample_image_codes_full(
     codes = torch.zeros(labels.shape[0], height, width, dtype=torch.long, device=labels.device)
     for i in range(height):
         for j in range(width):
-            logits = prior(codes, labels, condition)[:, :, i, j].float()
-            if temperature <= 0:
-                codes[:, i, j] = logits.argmax(dim=1)
-            else:
-                probs = torch.softmax(logits / temperature, dim=1).cpu()
-                codes[:, i, j] = torch.multinomial(probs, 1, generator=generator)[:, 0].to(labels.device)
+            codes[:, i, j] = draw_codes(prior(codes, labels, condition)[:, :, i, j].float(), temperature, generator)
     return codes
 
 

@@ -102,17 +102,22 @@ def sample_pixelcnn(
             logits = net.head(h_rows[-1][:, :, lead + j, None, None])[:, :, 0, 0].float()
             if all_logits is not None:
                 all_logits[:, :, i, j] = logits
-            if temperature <= 0:
-                chosen = logits.argmax(dim=1)
-            else:
-                probs = torch.softmax(logits / temperature, dim=1).cpu()
-                chosen = torch.multinomial(probs, 1, generator=generator)[:, 0].to(device)
+            chosen = draw_codes(logits, temperature, generator)
             codes[:, i, j] = chosen
             h_rows[0][:, :, lead + j] = net.embed(chosen)
         _advance_vertical(layers, biases, v_inputs, v_pre, net.embed(codes[:, i]).permute(0, 2, 1), i)
         if on_row is not None:
             on_row(i + 1)
     return codes, all_logits
+
+
+def draw_codes(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """One code per row of `logits` [B, K]: the most likely at temperature 0, otherwise a draw from
+    the softmax at that temperature (on the CPU, so a seeded generator repeats on any device)."""
+    if temperature <= 0:
+        return logits.argmax(dim=1)
+    probs = torch.softmax(logits / temperature, dim=1).cpu()
+    return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
 
 
 def _attend_cached(attention, h: torch.Tensor, position: torch.Tensor,
