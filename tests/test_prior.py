@@ -110,3 +110,81 @@ def test_one_codebook_sampling_uses_the_engine_and_never_draws_the_start_token()
     # The mask changes no probability: the start logit is never read by the loss.
     logits = prior.wavenet(torch.full((1, 5), prior.start_token), global_cond=prior.speaker(torch.tensor([0])))
     assert torch.all(logits[:, prior.start_token] == -1e4)
+
+
+# ----- the bottom prior of a two-level model: conditioned on the top codes -----
+
+RATIO, TOP_K = 4, 8
+
+
+def make_bottom_prior(n_q: int = 1) -> CodePrior:
+    torch.manual_seed(3)
+    prior = CodePrior(K, n_q, num_speakers=3, layers=4, stacks=1, residual_channels=8, gate_channels=16, skip_channels=16,
+                      speaker_dim=4, condition_codes=TOP_K, condition_ratio=RATIO, condition_blocks=2)  # fmt: skip
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    prior.mask_start_logit()
+    return prior.eval()
+
+
+def random_top(frames: int, batch: int = 2, seed: int = 4) -> torch.Tensor:
+    return torch.randint(0, TOP_K, (batch, 1, frames // RATIO), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("n_q", [1, 2])
+def test_bottom_prior_is_causal_in_the_bottom_codes(n_q):
+    prior = make_bottom_prior(n_q)
+    codes, top, speaker = random_codes(n_q, 16), random_top(16), torch.tensor([0, 2])
+    base = prior.log_probs(codes, speaker, top)
+    for frame in (0, 7, 15):
+        changed = codes.clone()
+        changed[:, 0, frame] = (changed[:, 0, frame] + 1) % K
+        other = prior.log_probs(changed, speaker, top)
+        p = frame * n_q
+        torch.testing.assert_close(other[:, : p + 1], base[:, : p + 1])
+        if p + 1 < base.shape[1]:
+            assert not torch.allclose(other[:, p + 1], base[:, p + 1])
+
+
+def test_a_top_code_conditions_the_bottom_frames_under_it_and_nothing_far_away():
+    prior = make_bottom_prior()
+    codes, top, speaker = random_codes(1, 120), random_top(120), torch.tensor([0, 1])
+    base = prior.log_probs(codes, speaker, top)
+    changed = top.clone()
+    changed[:, 0, 6] = (changed[:, 0, 6] + 1) % TOP_K  # top frame 6 sits over bottom frames 24..27
+    moved = (prior.log_probs(codes, speaker, changed) - base).abs().amax(dim=(0, 2)) > 1e-6
+    assert moved[24:28].all()
+    reach = 1 + 1 + 2  # the stack's kernel-3 conv and dilated blocks (dilations 1, 2), in top frames
+    assert not moved[: (6 - reach) * RATIO].any()  # the conditioning is not causal, but it is local
+    # ... and the causal WaveNet carries a change at most its receptive field further on
+    last_reached = (6 + reach + 1) * RATIO - 1 + prior.wavenet.receptive_field - 1
+    assert not moved[last_reached + 1 :].any() and last_reached + 1 < moved.numel()
+
+
+@pytest.mark.parametrize("n_q", [1, 2])
+def test_bottom_prior_incremental_log_probs_equal_the_full_pass(n_q):
+    prior = make_bottom_prior(n_q)
+    codes, top, speaker = random_codes(n_q, 12), random_top(12), torch.tensor([1, 2])
+    full = prior.log_probs(codes, speaker, top)
+    stepper = prior.start(speaker, top)
+    tokens = codes.transpose(1, 2).reshape(2, -1)
+    for p in range(tokens.shape[1]):
+        torch.testing.assert_close(stepper.log_probs(), full[:, p], atol=1e-5, rtol=1e-5)
+        stepper.feed(tokens[:, p])
+
+
+def test_bottom_prior_sampling_follows_the_top_codes_in_every_back_end():
+    prior = make_bottom_prior()
+    top, speaker = random_top(40), torch.tensor([0, 1])
+    greedy = sample_codes(prior, 40, speaker, temperature=0, top=top, backend="plain")
+    lp = prior.log_probs(greedy, speaker, top)
+    assert torch.equal(lp.argmax(-1), greedy[:, 0])  # the most likely code given the past and the top
+    fast = sample_codes(prior, 40, speaker, temperature=0, top=top, backend="fast")
+    assert torch.equal(fast, greedy)
+    other = sample_codes(prior, 40, speaker, temperature=0, top=(top + 1) % TOP_K, backend="plain")
+    assert not torch.equal(other, greedy)
+    with pytest.raises(ValueError, match="top frames"):
+        sample_codes(prior, 40, speaker, top=top[..., :3])
+    with pytest.raises(ValueError, match="exactly when"):
+        prior.log_probs(greedy, speaker)

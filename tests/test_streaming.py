@@ -14,26 +14,47 @@ from vqaudio.recipe import validate_recipe
 from conftest import tiny_dict
 
 
-def make_codec(**encoder) -> Codec:
+def make_codec(top: dict | None = None, **encoder) -> Codec:
     torch.manual_seed(0)
-    recipe = validate_recipe(tiny_dict(model={**tiny_dict()["model"], "encoder": {"channels": 16, **encoder}}), "t")
+    model_section = {**tiny_dict()["model"], "encoder": {"channels": 16, **encoder}}
+    if top is not None:
+        model_section["top"] = top
+    recipe = validate_recipe(tiny_dict(model=model_section), "t")
     model = AudioVQVAE(recipe.model, num_speakers=2).eval()
     return Codec(model, None, "f" * 16, 0, 16000, ["a", "b"], recipe.to_dict(), torch.device("cpu"))
 
 
-@pytest.mark.parametrize("encoder", [{"downsample_layers": 3, "residual_layers": 1}, {"downsample_layers": 4, "residual_layers": 3}])
+TOP = {"downsample_layers": 2, "channels": 8, "residual_layers": 2, "codebook_size": 16, "dim": 8}
+
+
+@pytest.mark.parametrize(
+    "encoder",
+    [
+        {"downsample_layers": 3, "residual_layers": 1},
+        {"downsample_layers": 4, "residual_layers": 3},
+        {"downsample_layers": 3, "residual_layers": 1, "top": TOP},
+    ],
+    ids=["hop8", "hop16", "two_level"],
+)
 def test_chunked_encoding_equals_encoding_the_whole_signal(encoder):
     codec = make_codec(**encoder)
     rng = np.random.default_rng(0)
     audio = (0.3 * rng.standard_normal(16 * 400 + 13)).astype(np.float32)  # not a whole number of frames
-    whole = encode_audio(codec, audio)
+    whole, whole_top = encode_audio(codec, audio)
     sizes = rng.integers(1, 900, size=200)
     cuts = np.cumsum(sizes)[np.cumsum(sizes) < audio.size]
     blocks = np.split(audio, cuts)
-    chunked, seen = encode_chunks(codec, blocks, chunk_frames=24)
-    assert seen == audio.size
-    assert chunked.shape == whole.shape == (1, -(-audio.size // codec.hop))
-    assert np.array_equal(chunked, whole)
+    chunked = encode_chunks(codec, blocks, chunk_frames=24)
+    assert chunked.num_samples == audio.size
+    frames = -(-audio.size // codec.block) * codec.ratio
+    assert chunked.codes.shape == whole.shape == (1, frames)
+    assert np.array_equal(chunked.codes, whole)
+    if "top" in encoder:
+        assert chunked.top.shape == whole_top.shape == (1, frames // 4)
+        assert np.array_equal(chunked.top, whole_top)
+        assert len(np.unique(whole_top)) > 1
+    else:
+        assert chunked.top is None and whole_top is None
     assert len(blocks) > 10 and whole.shape[1] > 10 * 24  # many blocks, many chunks
 
 
@@ -65,6 +86,18 @@ def test_block_conditioning_equals_the_whole_sequence():
     for first, last in [(0, 7), (7, 19), (19, 50), (49, 50)]:
         assert torch.allclose(model.latent_conditioning(codes, first, last), whole[:, :, first:last], atol=1e-6)
 
+
+def test_two_level_block_conditioning_equals_the_whole_sequence():
+    model = make_codec(top=TOP).model
+    codes, top = torch.randint(0, 32, (2, 1, 48)), torch.randint(0, 16, (2, 1, 12))
+    whole = model.cond_net(torch.cat([model.quantizer.lookup(codes), model.top.expand(model.top.quantizer.lookup(top))], 1))
+    for first, last in [(0, 7), (7, 19), (19, 48), (47, 48), (5, 6), (8, 12)]:
+        assert torch.allclose(model.latent_conditioning(codes, first, last, top), whole[:, :, first:last], atol=1e-6)
+    changed = top.clone()
+    changed[:, :, 5] = (changed[:, :, 5] + 1) % 16  # top frame 5 covers bottom frames 20..23
+    moved = model.cond_net(torch.cat([model.quantizer.lookup(codes), model.top.expand(model.top.quantizer.lookup(changed))], 1))
+    differs = (moved - whole).abs().amax(dim=(0, 1)) > 0
+    assert differs[20:24].all() and not differs[:18].any() and not differs[26:].any()
 
 def test_streamed_decoding_equals_one_pass_over_the_whole_conditioning():
     codec = make_codec()

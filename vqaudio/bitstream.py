@@ -62,6 +62,15 @@ class VqaHeader:
         return body + struct.pack("<I", zlib.crc32(body))
 
 
+def check_one_level(prior: Prior) -> None:
+    """The .vqa format codes the codes of a one-level model under one prior."""
+    if prior.level is not None:
+        raise VQAudioError(
+            f"{prior.checkpoint}: a {prior.level} prior of a two-level model; .vqa bitstreams code one-level models "
+            "(store two-level codes with vqaudio encode as .npz, and see their bits under both priors with vqaudio eval)"
+        )
+
+
 def is_vqa(path: Path) -> bool:
     """Whether `path` starts with the .vqa magic bytes."""
     try:
@@ -125,6 +134,7 @@ def entropy_encode(
     prior: Prior, codes: np.ndarray, speaker_index: int, num_samples: int, on_progress: Callable[[int], None] | None = None
 ) -> Encoded:
     """Codes [n_q, frames] -> the bytes of a .vqa file."""
+    check_one_level(prior)
     import constriction
 
     n_q, frames = codes.shape
@@ -167,6 +177,7 @@ def entropy_decode(
     prior: Prior, data: bytes, source: Path, on_progress: Callable[[int], None] | None = None
 ) -> tuple[np.ndarray, VqaHeader]:
     """The bytes of a .vqa file -> (codes [n_q, frames], header), exactly the codes that were encoded."""
+    check_one_level(prior)
     import constriction
 
     header, payload = parse_vqa(data, source)

@@ -78,7 +78,7 @@ def train(
 
 BottomOpt = Annotated[
     Optional[Path],
-    typer.Option("--bottom", help="VQ-VAE-2 images: the bottom prior (-c is the top one); default: the newest over the same model"),
+    typer.Option("--bottom", help="two-level models: the bottom prior (-c is the top one); default: the newest over the same model"),
 ]
 PriorOpt = Annotated[
     Optional[Path], typer.Option("--prior", help="prior checkpoint for .vqa files; default: the newest prior under ./runs")
@@ -126,7 +126,7 @@ def _encode_entropy(
     prior_checkpoint: Path | None, force: bool, device: str,
 ) -> None:  # fmt: skip
     from vqaudio.audio.io import iter_audio
-    from vqaudio.bitstream import entropy_encode, write_vqa
+    from vqaudio.bitstream import check_one_level, entropy_encode, write_vqa
     from vqaudio.codec import encode_chunks, guess_speaker
     from vqaudio.device import resolve_device
     from vqaudio.fileio import check_writable
@@ -135,6 +135,7 @@ def _encode_entropy(
 
     check_writable(target, force)
     prior = load_prior(_checkpoint_or_newest(prior_checkpoint, "code_prior"), resolve_device(device), checkpoint)
+    check_one_level(prior)
     codec = prior.codec
     if n_q is not None and n_q != codec.n_q:
         raise VQAudioError(f"--n-q {n_q}: the prior models all {codec.n_q} codebook(s); --entropy codes them all")
@@ -142,7 +143,8 @@ def _encode_entropy(
     if speaker is None:
         err.print(f"no speaker given or found in the file name: recording speaker {codec.speakers[0]} (--speaker to choose)")
     index = codec.speaker_index(speaker)
-    codes, num_samples = encode_chunks(codec, iter_audio(source, codec.sample_rate))
+    encoded_audio = encode_chunks(codec, iter_audio(source, codec.sample_rate))
+    codes, num_samples = encoded_audio.codes, encoded_audio.num_samples
     with progress_bar("entropy-code", codes.shape[1], "frames") as update:
         encoded = entropy_encode(prior, codes, index, num_samples, update)
     write_vqa(target, encoded, force)
@@ -246,30 +248,30 @@ def sample(
     from vqaudio.codec import write_codes
     from vqaudio.device import resolve_device
     from vqaudio.fileio import check_writable
-    from vqaudio.prior import (
-        decode_samples,
-        load_prior,
-        sample_lengths,
-        sample_prior_codes,
-    )
+    from vqaudio.prior import decode_samples, load_prior_pair, sample_lengths, sample_prior_codes
     from vqaudio.progress import progress_bar
 
     _check_backend(backend)
-    prior = load_prior(_checkpoint_or_newest(checkpoint, "code_prior"), resolve_device(device), vqvae)
+    prior, bottom_prior = load_prior_pair(
+        _checkpoint_or_newest(checkpoint, "code_prior"), resolve_device(device), bottom, vqvae, chosen=checkpoint is None
+    )
     codec = prior.codec
     name = codec.speakers[codec.speaker_index(speaker)]
     stems = [f"{name}_seed{seed}_{i}" for i in range(count)]
+    codes_suffix = ".npz" if codec.two_level else ".npy"
     for stem in stems:
-        for suffix in (".wav", ".npy", ".npy.json"):
+        for suffix in (".wav", codes_suffix, f"{codes_suffix}.json"):
             check_writable(out_dir / f"{stem}{suffix}", force)
     num_samples, frames = sample_lengths(prior, seconds)
     with progress_bar("sample codes", frames, "frames") as update:
-        codes, index = sample_prior_codes(prior, speaker, seconds, count, temperature, seed, update, backend)
+        codes, index, top = sample_prior_codes(prior, speaker, seconds, count, temperature, seed, update, backend, bottom_prior)
     with progress_bar("decode", frames * codec.hop, "samples") as update:
-        audio = decode_samples(prior, codes, index, decoder_temperature, seed, backend, update)
-    for stem, one_codes, one_audio in zip(stems, codes, audio):
-        write_wav(out_dir / f"{stem}.wav", one_audio[:num_samples], codec.sample_rate, force=True)
-        write_codes(codec, one_codes, out_dir / f"{stem}.npy", index, num_samples, f"sampled from {prior.checkpoint}", True)
+        audio = decode_samples(prior, codes, index, decoder_temperature, seed, backend, update, top)
+    source = f"sampled from {prior.checkpoint.resolve()}" + (f" and {bottom_prior.checkpoint.resolve()}" if bottom_prior else "")
+    for i, stem in enumerate(stems):
+        write_wav(out_dir / f"{stem}.wav", audio[i, :num_samples], codec.sample_rate, force=True)
+        one_top = top[i] if top is not None else None
+        write_codes(codec, codes[i], out_dir / f"{stem}{codes_suffix}", index, num_samples, source, True, one_top)
         out.print(f"wrote {out_dir / stem}.wav and its codes", soft_wrap=True)
 
 
@@ -334,7 +336,7 @@ def eval_command(
     from vqaudio.evaluation.evaluate import EvalOptions, evaluate
     from vqaudio.evaluation.report import render_report, write_report
     from vqaudio.fileio import check_writable
-    from vqaudio.prior import load_prior
+    from vqaudio.prior import load_prior_pair
     from vqaudio.progress import progress_bar
     from vqaudio.train.checkpoint import checkpoint_kind
 
@@ -351,14 +353,15 @@ def eval_command(
             raise VQAudioError(f"{', '.join(audio_only)}: audio options; an image model is scored on its own held-out images")
         _eval_images(checkpoint, prior_checkpoint, bottom, json_out, max_clips, force, device)
         return
-    if bottom is not None:
-        raise VQAudioError("--bottom: the bottom prior of a VQ-VAE-2 image model; audio models have none")
     if kind == "code_prior" and prior_checkpoint is None:
         prior_checkpoint, checkpoint = checkpoint, None
+    bottom_prior = None
     if prior_checkpoint is not None:
-        prior = load_prior(prior_checkpoint, resolve_device(device), checkpoint)
+        prior, bottom_prior = load_prior_pair(prior_checkpoint, resolve_device(device), bottom, checkpoint)
         codec = prior.codec
     else:
+        if bottom is not None:
+            raise VQAudioError("--bottom goes with the top prior (--prior or -c TOP_PRIOR) of a two-level model")
         codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
     options = EvalOptions(n_q, temperature, seed, backend, baselines, audio_dir=audio_dir)  # type: ignore[arg-type]
     codec.check_n_q(n_q)
@@ -367,7 +370,7 @@ def eval_command(
     clips = clips[:max_clips] if max_clips else clips
     systems = 1 + (len(available_baselines()[0]) if baselines else 0)
     with progress_bar("eval", len(clips) * systems, "runs") as update:
-        report = evaluate(codec, clips, description, options, on_progress=update, prior=prior)
+        report = evaluate(codec, clips, description, options, on_progress=update, prior=prior, bottom_prior=bottom_prior)
     render_report(report, out)
     if json_out is not None:
         write_report(report, json_out, force)

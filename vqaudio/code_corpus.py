@@ -30,9 +30,16 @@ class CodeCorpus:
     codes: np.ndarray  # [n_q, total frames]
     valid: list[int]  # utterances held out (the VQ-VAE's own held-out split)
     train: list[int]
+    top: np.ndarray | None = None  # two-level models: [1, total frames / ratio]
+    ratio: int = 1  # bottom frames per top frame
 
     def utterance(self, index: int) -> np.ndarray:
         return self.codes[:, self.offsets[index] : self.offsets[index + 1]]
+
+    def utterance_top(self, index: int) -> np.ndarray:
+        """A two-level model's top codes of one utterance [1, frames / ratio]."""
+        assert self.top is not None
+        return self.top[:, self.offsets[index] // self.ratio : self.offsets[index + 1] // self.ratio]
 
     def frames(self, index: int) -> int:
         return int(self.offsets[index + 1] - self.offsets[index])
@@ -47,6 +54,8 @@ def _load(path: Path) -> CodeCorpus:
             codes=data["codes"],
             valid=[int(x) for x in data["valid"]],
             train=[int(x) for x in data["train"]],
+            top=data["top"] if "top" in data.files else None,
+            ratio=int(data["ratio"]) if "ratio" in data.files else 1,
         )
 
 
@@ -65,11 +74,13 @@ def extract_code_corpus(codec: Codec, on_progress: ProgressFn | None = None) -> 
     missing = sorted(set(audio.speakers) - set(codec.speakers))
     if missing:
         raise VQAudioError(f"{codec.checkpoint}: its corpus now has speakers the model does not know ({', '.join(missing)})")
-    pieces, offsets = [], [0]
+    pieces, top_pieces, offsets = [], [], [0]
     for i in range(len(audio)):
-        codes, _ = encode_chunks(codec, [audio.audio(i)])
-        pieces.append(codes)
-        offsets.append(offsets[-1] + codes.shape[1])
+        encoded = encode_chunks(codec, [audio.audio(i)])
+        pieces.append(encoded.codes)
+        if encoded.top is not None:
+            top_pieces.append(encoded.top)
+        offsets.append(offsets[-1] + encoded.codes.shape[1])
         if on_progress:
             on_progress(i + 1, len(audio))
     speakers = np.array([codec.speakers.index(audio.speakers[s]) for s in audio.speaker_index], dtype=np.int64)
@@ -81,6 +92,8 @@ def extract_code_corpus(codec: Codec, on_progress: ProgressFn | None = None) -> 
         "valid": np.array(valid, dtype=np.int64),
         "train": np.array(train, dtype=np.int64),
     }
+    if top_pieces:  # a two-level model: every utterance covers whole top frames
+        arrays.update(top=np.concatenate(top_pieces, axis=1), ratio=np.array(codec.ratio, dtype=np.int64))
     cache.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(cache) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)

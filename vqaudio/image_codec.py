@@ -138,23 +138,16 @@ def sample_image_codes_full(
 def find_bottom_prior(top: ImagePrior, runs_dir: Path | None = None) -> Path:
     """The newest bottom prior trained over the same VQ-VAE-2 as `top`, under `runs_dir` (by
     default the runs folder the top prior's run sits in: runs/<name>/<run>/checkpoints/)."""
-    from vqaudio.train.checkpoint import list_checkpoints
-    from vqaudio.train.run_dir import run_kind
+    from vqaudio.train.run_dir import newest_prior_at_level, runs_dir_of
 
-    runs_dir = runs_dir or top.prior.checkpoint.resolve().parents[3]
-    found = []
-    for run_json in runs_dir.glob("*/*/run.json") if runs_dir.is_dir() else []:
-        checkpoints = list_checkpoints(run_json.parent) if run_kind(run_json.parent) == "image_prior" else []
-        if checkpoints:
-            meta = load_checkpoint(checkpoints[-1]).get("metadata") or {}
-            if meta.get("level") == "bottom" and meta.get("vqvae_fingerprint") == top.vqvae.fingerprint:
-                found.append(checkpoints[-1])
-    if not found:
+    runs_dir = runs_dir or runs_dir_of(top.prior.checkpoint)
+    found = newest_prior_at_level(runs_dir, "image_prior", "bottom", top.vqvae.fingerprint)
+    if found is None:
         raise VQAudioError(
             f"{top.prior.checkpoint} is a top prior: no bottom prior over its VQ-VAE-2 under {runs_dir}/; "
             "train one (prior.level=bottom) or pass --bottom"
         )
-    return max(found, key=lambda p: p.stat().st_mtime_ns)
+    return found
 
 
 def load_prior_pair(checkpoint: str | Path, device: torch.device, bottom: str | Path | None = None,

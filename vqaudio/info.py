@@ -38,7 +38,12 @@ def checkpoint_summary(path: Path) -> dict:
             n_q=n_q,
             bitrate=n_q * per_book,
             bitrates=[n * per_book for n in range(1, n_q + 1)],
+            level=meta.get("level"),
         )
+        ratio, top_size = int(meta.get("ratio") or 1), meta.get("top_codebook_size")
+        if summary["kind"] == "audio_vqvae" and top_size:  # a two-level model: the top level adds its own bits
+            top_rate = meta["sample_rate"] / (meta["hop"] * ratio) * math.log2(top_size)
+            summary.update(ratio=ratio, top_codebook_size=top_size, top_bitrate=top_rate, bitrate=summary["bitrate"] + top_rate)
         bits = summary["valid"].get("bits_per_code")
         if summary["kind"] == "code_prior" and bits is not None:
             codes_per_second = n_q * meta["sample_rate"] / meta["hop"]
@@ -59,6 +64,16 @@ def describe_checkpoint(path: Path, console: Console) -> None:
             f"({s['sample_rate'] / s['hop']:.1f} codes/s), K = {s['codebook_size']}, "
             f"bitrate {s['bitrate']:.0f} bit/s"
         )
+        if "top_bitrate" in s:
+            top_hop = s["hop"] * s["ratio"]
+            console.print(
+                f"two levels: those are the bottom codes; top codes at x{top_hop} ({s['sample_rate'] / top_hop:.1f} codes/s), "
+                f"K = {s['top_codebook_size']}, {s['top_bitrate']:.0f} bit/s; the bitrate counts both",
+                soft_wrap=True,
+            )
+        if s["level"]:
+            given = ", given the top codes" if s["level"] == "bottom" else ""
+            console.print(f"a prior over the {s['level']} codes of a two-level model{given}", soft_wrap=True)
         if s["n_q"] > 1:
             rates = ", ".join(f"{n}: {rate:.0f}" for n, rate in enumerate(s["bitrates"], start=1))
             console.print(f"residual VQ, {s['n_q']} codebooks; bit/s by codebooks kept (encode --n-q): {rates}")
@@ -73,6 +88,11 @@ def describe_checkpoint(path: Path, console: Console) -> None:
             console.print(
                 f"codebook usage on the held-out set: {valid['codes_used']:.0f} of {s['codebook_size']} codes, "
                 f"perplexity {valid['perplexity']:.1f}, entropy {valid['entropy']:.2f} bits"
+            )
+        if "top_codes_used" in valid:
+            console.print(
+                f"top codebook usage on the held-out set: {valid['top_codes_used']:.0f} of {s['top_codebook_size']} codes, "
+                f"perplexity {valid['top_perplexity']:.1f}, entropy {valid['top_entropy']:.2f} bits"
             )
     if "classes" in s:
         shape = "x".join(map(str, s["image_shape"] or [])) or "?"

@@ -144,13 +144,13 @@ def plot_run(
     name = f"{run_dir.parent.name}/{run_dir.name}, step {codec.step}"
     written = [plot_training_curves(read_metrics(run_dir / "metrics.jsonl"), folder / "training_curves.png", name)]
     clip = _pick_clip(clips, clip_id)
-    codes = encode_audio(codec, clip.audio)
+    codes, top = encode_audio(codec, clip.audio)
     speaker = codec.speakers.index(clip.speaker) if clip.speaker in codec.speakers else 0
-    decoded = decode_codes(codec, codes, speaker, clip.audio.size, temperature, seed, backend)  # type: ignore[arg-type]
+    decoded = decode_codes(codec, codes, speaker, clip.audio.size, temperature, seed, backend, top)  # type: ignore[arg-type]
     stem = clip.id.replace("/", "_")
     title = f"{clip.id}: decoded as {codec.speakers[speaker]} from {codec.bitrate():.0f} bit/s codes"
     written.append(plot_spectrograms(clip.audio, decoded, codec.sample_rate, folder / f"spectrogram_{stem}.png", title))
-    counts = code_histogram([encode_audio(codec, each.audio) for each in clips], codec.codebook_size)
+    counts = code_histogram([encode_audio(codec, each.audio)[0] for each in clips], codec.codebook_size)
     usage_title = f"codebook usage over {len(clips)} clips ({int(counts[0].sum())} frames)"
     written.append(plot_codebook_usage(counts, folder / "codebook_usage.png", usage_title))
     return written

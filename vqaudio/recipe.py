@@ -86,6 +86,18 @@ class QuantizerConfig(_Strict):
         return self
 
 
+class TopLevelConfig(_Strict):
+    """The coarse level of a two-level (VQ-VAE-2) audio model: further stride-2 convolutions over
+    the bottom latents, quantised with their own codebook; the bottom codes are conditioned on it.
+    The other quantiser settings (update, decay, init, restarts) are model.quantizer's."""
+
+    downsample_layers: int = Field(2, ge=1, le=6)  # top codes at 1/2**N of the bottom code rate
+    channels: int = Field(64, ge=1)
+    residual_layers: int = Field(1, ge=0)
+    codebook_size: int = Field(512, ge=2)
+    dim: int = Field(64, ge=1)
+
+
 class _WaveNetShape(_Strict):
     """The shape of a WaveNet stack, shared by the VQ-VAE's decoder and the code prior."""
 
@@ -151,6 +163,22 @@ class ModelConfig(_Strict):
     quantizer: QuantizerConfig = QuantizerConfig()
     decoder: DecoderConfig = DecoderConfig()
     image: ImageNetConfig = ImageNetConfig()
+    top: TopLevelConfig | None = None  # audio_vqvae: a coarse top level (two-level codes, VQ-VAE-2)
+
+    @model_validator(mode="after")
+    def _top_level(self) -> ModelConfig:
+        if self.top is not None:
+            if self.kind != "audio_vqvae":
+                raise ValueError("model.top (a two-level audio model) belongs to model.kind audio_vqvae")
+            if self.quantizer.n_q > 1:
+                raise ValueError("model.top works with one bottom codebook (model.quantizer.n_q: 1)")
+        return self
+
+    @property
+    def code_block(self) -> int:
+        """Samples per coarsest code frame: the hop, times the top level's ratio in a two-level model."""
+        ratio = 2**self.top.downsample_layers if self.top is not None else 1
+        return 2**self.encoder.downsample_layers * ratio
 
 
 class TrainConfig(_Strict):
@@ -203,6 +231,12 @@ class Recipe(_Strict):
             raise ValueError(
                 f"data.crop_samples ({self.data.crop_samples}) must be a multiple of the hop "
                 f"2**model.encoder.downsample_layers = {hop}"
+            )
+        block = self.model.code_block
+        if self.model.kind == "audio_vqvae" and self.data.crop_samples % block:
+            raise ValueError(
+                f"data.crop_samples ({self.data.crop_samples}) must be a multiple of {block}, the samples "
+                "per top code (hop x 2**model.top.downsample_layers)"
             )
         return self
 

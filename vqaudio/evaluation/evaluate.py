@@ -1,8 +1,10 @@
 """`vqaudio eval`: reconstruct held-out clips through the codes and measure them, beside classical codecs.
 
 The result is a plain dict (the JSON report): one row per clip and system, a mean and spread
-per metric and system, the model's raw bitrate and its codebook usage on the same clips, and
-what was skipped and why.
+per metric and system, the model's raw bitrate, its decoder's likelihood of each clip
+(-log2 p(x | codes) per sample, teacher-forced) and its codebook usage on the same clips, and
+what was skipped and why. A two-level model reports both levels' usage and, with its priors, the
+bits under the hierarchy of priors (top, then bottom given the top).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vqaudio.audio.io import write_wav
 from vqaudio.bitstream import entropy_encode
@@ -26,7 +29,7 @@ from vqaudio.evaluation.clips import EvalClip
 from vqaudio.evaluation.metrics import all_metrics, optional_metrics_missing
 from vqaudio.generation.engine import Backend
 from vqaudio.models.quantizer import usage_stats
-from vqaudio.prior import Prior
+from vqaudio.prior import Prior, prior_bits
 
 REPORT_FORMAT = "vqaudio-eval"
 REPORT_VERSION = 1
@@ -95,6 +98,18 @@ def _usage(codes: list[np.ndarray], codebook_size: int) -> dict[str, Any]:
     return {"codebook_size": codebook_size, **levels[0], "levels": levels}
 
 
+@torch.no_grad()
+def decoder_nll_bits(codec: Codec, audio: np.ndarray, speaker: int, n_q: int | None = None) -> float:
+    """-log2 p(x | codes) summed over the clip's μ-law samples, teacher-forced through the decoder:
+    the reconstruction term of the VQ-VAE's loss, comparable between models of the same μ-law."""
+    padded = np.zeros(codec.frames_for(audio.size) * codec.hop, dtype=np.float32)
+    padded[: audio.size] = audio
+    tensor = torch.from_numpy(padded)[None].to(codec.device)
+    out = codec.model(tensor, torch.tensor([speaker], device=codec.device), n_q)
+    nats = F.cross_entropy(out.logits.float()[..., : audio.size], out.targets[:, : audio.size], reduction="sum")
+    return float(nats) / math.log(2)
+
+
 def evaluate(
     codec: Codec,
     clips: list[EvalClip],
@@ -102,11 +117,14 @@ def evaluate(
     options: EvalOptions | None = None,
     on_progress: Callable[[int], None] | None = None,
     prior: Prior | None = None,
+    bottom_prior: Prior | None = None,
 ) -> dict[str, Any]:
     """Measure the model (and the available baselines) on `clips`; returns the JSON report.
 
     With a `prior` (trained on this model's codes), every clip is also entropy-coded into a .vqa
-    bitstream, and the report gives the prior's bits per code and the coded bitrate."""
+    bitstream, and the report gives the prior's bits per code and the coded bitrate. For a
+    two-level model `prior` is the top prior and `bottom_prior` the bottom one: the report gives
+    the bits of both levels under them (teacher-forced; .vqa files code one-level models)."""
     options = options or EvalOptions()
     if not clips:
         raise VQAudioError(f"no clips to evaluate in {data_description}")
@@ -124,24 +142,39 @@ def evaluate(
         raise VQAudioError(f"{prior.checkpoint} is a prior for model {prior.codec.fingerprint}, not {codec.fingerprint}")
     if prior is not None and n_q != codec.n_q:
         raise VQAudioError(f"--n-q {n_q}: the prior codes all {codec.n_q} codebooks; drop --n-q or --prior")
+    if prior is not None and (prior.level == "top") != (bottom_prior is not None):
+        raise VQAudioError("a two-level model is scored under its top prior and its bottom prior together")
+    top_bits = 0.0
     coded_bytes, estimated_bits = 0, 0.0
     rows: list[dict[str, Any]] = []
     all_codes: list[np.ndarray] = []
+    all_top: list[np.ndarray] = []
+    nll_bits = 0.0
     stream_bytes: dict[str, int] = {b.name: 0 for b in baselines}
     unknown_speakers = 0
     done = 0
     for clip in clips:
         if options.audio_dir is not None:
             write_wav(options.audio_dir / f"{clip.id.replace('/', '_')}.reference.wav", clip.audio, sr, force=True)
-        codes = encode_audio(codec, clip.audio, n_q)
+        codes, top = encode_audio(codec, clip.audio, n_q)
         all_codes.append(codes)
+        if top is not None:
+            all_top.append(top)
         if clip.speaker in codec.speakers:
             speaker = codec.speakers.index(clip.speaker)
         else:
             speaker, unknown_speakers = 0, unknown_speakers + 1
-        decoded = decode_codes(codec, codes, speaker, clip.audio.size, options.temperature, options.seed, options.backend)
+        decoded = decode_codes(codec, codes, speaker, clip.audio.size, options.temperature, options.seed, options.backend, top)
         rows.append(_measure(clip, decoded, MODEL_SYSTEM, sr, options))
-        if prior is not None:
+        clip_nll = decoder_nll_bits(codec, clip.audio, speaker, n_q)
+        nll_bits += clip_nll
+        rows[-1]["nll_bits_per_sample"] = clip_nll / clip.audio.size
+        if prior is not None and bottom_prior is not None and top is not None:
+            bits_top, bits_bottom = prior_bits(prior, top, speaker), prior_bits(bottom_prior, codes, speaker, top)
+            top_bits += bits_top
+            estimated_bits += bits_bottom
+            rows[-1].update(prior_bits_top=bits_top, prior_bits_bottom=bits_bottom)
+        elif prior is not None:
             encoded = entropy_encode(prior, codes, speaker, clip.audio.size)
             coded_bytes += len(encoded.data)
             estimated_bits += encoded.estimated_bits
@@ -158,12 +191,31 @@ def evaluate(
                 on_progress(done)
 
     seconds = sum(clip.audio.size for clip in clips) / sr
-    systems = [{"name": MODEL_SYSTEM, "bitrate": codec.bitrate(n_q), "stream_bitrate": codec.bitrate(n_q)}]
+    samples = sum(clip.audio.size for clip in clips)
+    systems = [
+        {
+            "name": MODEL_SYSTEM,
+            "bitrate": codec.bitrate(n_q),
+            "stream_bitrate": codec.bitrate(n_q),
+            "top_bitrate": codec.top_bitrate(),
+            "nll_bits_per_sample": nll_bits / samples,
+        }
+    ]
     systems += [{"name": b.name, "bitrate": b.bitrate, "stream_bitrate": 8 * stream_bytes[b.name] / seconds} for b in baselines]
     for system in systems:
         mine = [r for r in rows if r["system"] == system["name"]]
         system["summary"] = {m: _spread([r[m] for r in mine]) for m in [*METRICS, "lag_ms"]}
-    if prior is not None:
+    if prior is not None and bottom_prior is not None:
+        total_top = sum(t.size for t in all_top)
+        total_codes = sum(c.size for c in all_codes)
+        systems[0].update(
+            prior_checkpoint=str(prior.checkpoint),
+            bottom_prior_checkpoint=str(bottom_prior.checkpoint),
+            prior_bits_per_top_code=top_bits / total_top,
+            prior_bits_per_bottom_code=estimated_bits / total_codes,
+            prior_bitrate=(top_bits + estimated_bits) / seconds,
+        )
+    elif prior is not None:
         total_codes = sum(c.size for c in all_codes)
         systems[0].update(
             prior_checkpoint=str(prior.checkpoint),
@@ -188,6 +240,7 @@ def evaluate(
         "temperature": options.temperature,
         "seed": options.seed,
         "codebook_usage": _usage(all_codes, codec.codebook_size),
+        "top_codebook_usage": _usage(all_top, codec.model.top_codebook_size or 2) if all_top else None,
         "systems": systems,
         "skipped_metrics": skipped,
         "notes": notes,

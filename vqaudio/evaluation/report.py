@@ -38,12 +38,26 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     table.add_row("lag ms", *(_cell(system["summary"]["lag_ms"], 1) for system in report["systems"]))
     console.print(table)
     usage = report["codebook_usage"]
+    model = report["systems"][0]
+    top = report.get("top_codebook_usage")
+    levels = f"bottom: {report['n_q']} codebook(s)" if top else f"{report['n_q']} codebook(s)"
     console.print(
-        f"model: {report['n_q']} codebook(s) of {usage['codebook_size']} at {report['systems'][0]['bitrate']:.0f} bit/s raw; "
+        f"model: {levels} of {usage['codebook_size']} at {model['bitrate'] - model.get('top_bitrate', 0):.0f} bit/s raw; "
         f"on these clips {usage['codes_used']:.0f} codes used, perplexity {usage['perplexity']:.1f}, "
         f"entropy {usage['entropy']:.2f} of {math.log2(usage['codebook_size']):.0f} bits"
     )
-    model = report["systems"][0]
+    if top:
+        console.print(
+            f"       top: 1 codebook of {top['codebook_size']} at {model['top_bitrate']:.0f} bit/s raw; "
+            f"{top['codes_used']:.0f} codes used, perplexity {top['perplexity']:.1f}, "
+            f"entropy {top['entropy']:.2f} of {math.log2(top['codebook_size']):.0f} bits"
+        )
+    console.print(f"decoder likelihood: {model['nll_bits_per_sample']:.3f} bits per sample (-log2 p(x | codes), teacher-forced)")
+    if "prior_bits_per_top_code" in model:
+        console.print(
+            f"under the priors: {model['prior_bitrate']:.0f} bit/s ({model['prior_bits_per_top_code']:.3f} bits per top code, "
+            f"{model['prior_bits_per_bottom_code']:.3f} per bottom code given the top; raw {model['bitrate']:.0f} bit/s)"
+        )
     if "entropy_coded_bitrate" in model:
         console.print(
             f"bitrate side by side: raw {model['bitrate']:.0f} bit/s ({math.log2(usage['codebook_size']):.0f} bits per code); "

@@ -1,4 +1,9 @@
-"""The audio VQ-VAE: encoder -> vector quantiser -> WaveNet decoder conditioned on the speaker."""
+"""The audio VQ-VAE: encoder -> vector quantiser -> WaveNet decoder conditioned on the speaker.
+
+With `model.top` in the recipe it has two levels (VQ-VAE-2): coarse top codes at 1/ratio of the
+bottom code rate, and bottom codes quantised from the bottom latents plus the top's view of them.
+Two-level codes travel as (bottom [B, 1, F], top [B, 1, F / ratio]); `top` is None for one level.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,29 @@ from vqaudio.generation.engine import Backend, iter_generate
 from vqaudio.models.encoder import AudioEncoder
 from vqaudio.models.quantizer import QuantizerOutput, usage_stats
 from vqaudio.models.residual_quantizer import ResidualVectorQuantizer
+from vqaudio.models.top_level import TopLevel
 from vqaudio.models.wavenet import WaveNet
-from vqaudio.recipe import ModelConfig
+from vqaudio.recipe import ModelConfig, QuantizerConfig
+
+
+def make_quantizer(vq: QuantizerConfig, num_codes: int, dim: int) -> ResidualVectorQuantizer:
+    return ResidualVectorQuantizer(
+        n_q=vq.n_q,
+        dropout=vq.dropout,
+        num_codes=num_codes,
+        dim=dim,
+        beta=vq.beta,
+        update=vq.update,
+        decay=vq.decay,
+        epsilon=vq.epsilon,
+        init=vq.init,
+        init_batches=vq.init_batches,
+        kmeans_iters=vq.kmeans_iters,
+        restart_threshold=vq.restart_threshold,
+        usage_decay=vq.usage_decay,
+        bias_correction=vq.bias_correction,
+        cosine=vq.cosine,
+    )
 
 
 @dataclass
@@ -23,6 +49,7 @@ class AudioVQVAEOutput:
     logits: torch.Tensor  # [B, 256, T]
     targets: torch.Tensor  # [B, T] μ-law classes
     quantizer: QuantizerOutput
+    top: QuantizerOutput | None = None
 
 
 class AudioVQVAE(nn.Module):
@@ -32,22 +59,12 @@ class AudioVQVAE(nn.Module):
         super().__init__()
         enc, vq, dec = config.encoder, config.quantizer, config.decoder
         self.encoder = AudioEncoder(enc.channels, vq.dim, enc.downsample_layers, enc.kernel_size, enc.residual_layers)
-        self.quantizer = ResidualVectorQuantizer(
-            n_q=vq.n_q,
-            dropout=vq.dropout,
-            num_codes=vq.codebook_size,
-            dim=vq.dim,
-            beta=vq.beta,
-            update=vq.update,
-            decay=vq.decay,
-            epsilon=vq.epsilon,
-            init=vq.init,
-            init_batches=vq.init_batches,
-            kmeans_iters=vq.kmeans_iters,
-            restart_threshold=vq.restart_threshold,
-            usage_decay=vq.usage_decay,
-            bias_correction=vq.bias_correction,
-            cosine=vq.cosine,
+        self.quantizer = make_quantizer(vq, vq.codebook_size, vq.dim)
+        top = config.top
+        self.top = (
+            TopLevel(vq.dim, make_quantizer(vq, top.codebook_size, top.dim), top.downsample_layers, top.channels, top.residual_layers)
+            if top is not None
+            else None
         )
         self.hop = self.encoder.hop
         self.num_speakers = num_speakers
@@ -55,7 +72,9 @@ class AudioVQVAE(nn.Module):
         self.silence = silence_class(self.mu_channels)  # the "previous sample" before the first
         self.speaker_embedding = nn.Embedding(num_speakers, dec.speaker_dim) if dec.speaker_dim else None
         # A kernel-3 convolution at the latent rate lets each frame see its neighbours before upsampling.
-        self.cond_net = nn.Sequential(nn.Conv1d(vq.dim, dec.cond_channels, 3, padding=1), nn.ReLU())
+        # Two levels: the bottom vectors and the expanded top features side by side.
+        cond_in = vq.dim * (2 if self.top is not None else 1)
+        self.cond_net = nn.Sequential(nn.Conv1d(cond_in, dec.cond_channels, 3, padding=1), nn.ReLU())
         self.cond_context = 1  # frames on each side that one conditioning frame depends on
         self.decoder = WaveNet(
             num_classes=dec.quantization_channels,
@@ -78,6 +97,21 @@ class AudioVQVAE(nn.Module):
     def n_q(self) -> int:
         return self.quantizer.n_q
 
+    @property
+    def ratio(self) -> int:
+        """Bottom code frames per top code frame (1 for a one-level model)."""
+        return self.top.ratio if self.top is not None else 1
+
+    @property
+    def top_codebook_size(self) -> int | None:
+        return self.top.quantizer.num_codes if self.top is not None else None
+
+    @property
+    def context_frames(self) -> int:
+        """Bottom frames on each side that one frame's codes can depend on (a safe upper bound)."""
+        own = self.encoder.context_frames
+        return own + (self.top.context_frames + own + self.top.expand_context if self.top is not None else 0)
+
     def _speaker_vector(self, speaker: torch.Tensor) -> torch.Tensor | None:
         if self.speaker_embedding is None:
             return None
@@ -85,14 +119,33 @@ class AudioVQVAE(nn.Module):
             raise ValueError(f"speaker index out of range 0..{self.num_speakers - 1}")
         return self.speaker_embedding(speaker)
 
-    def forward(self, audio: torch.Tensor, speaker: torch.Tensor) -> AudioVQVAEOutput:
-        """Teacher-forced pass: audio [B, T] float in [-1, 1], speaker [B] -> logits for every sample."""
-        z_e = self.encoder(audio.unsqueeze(1))
-        quant = self.quantizer(z_e)
+    def forward(self, audio: torch.Tensor, speaker: torch.Tensor, n_q: int | None = None) -> AudioVQVAEOutput:
+        """Teacher-forced pass: audio [B, T] float in [-1, 1], speaker [B] -> logits for every sample
+        (decoded from the first `n_q` codebooks; all by default)."""
+        quant, top, features = self._quantise(audio, n_q)
         targets = mulaw_encode(audio, self.mu_channels)
         inputs = F.pad(targets[:, :-1], (1, 0), value=self.silence)
-        logits = self.decoder(inputs, self.cond_net(quant.quantized), self._speaker_vector(speaker))
-        return AudioVQVAEOutput(logits, targets, quant)
+        logits = self.decoder(inputs, self.cond_net(features), self._speaker_vector(speaker))
+        return AudioVQVAEOutput(logits, targets, quant, top)
+
+    def _quantise(
+        self, audio: torch.Tensor, n_q: int | None = None
+    ) -> tuple[QuantizerOutput, QuantizerOutput | None, torch.Tensor]:
+        """(bottom quantisation, top quantisation or None, the decoder's input features at the code rate)."""
+        z_e = self.encoder(audio.unsqueeze(1))
+        if self.top is None:
+            quant = self.quantizer(z_e, n_q=n_q)
+            return quant, None, quant.quantized
+        top = self.top.quantizer(self.top.encoder(z_e))
+        expanded = self.top.expand(top.quantized)
+        quant = self.quantizer(z_e + self.top.to_bottom(expanded), n_q=n_q)
+        return quant, top, torch.cat([quant.quantized, expanded], dim=1)
+
+    def _check_top(self, top: torch.Tensor | None, frames: int) -> None:
+        if (top is None) != (self.top is None):
+            raise ValueError("top codes must be given exactly when the model has a top level")
+        if top is not None and top.shape[-1] * self.ratio != frames:
+            raise ValueError(f"{top.shape[-1]} top frames x ratio {self.ratio} != {frames} bottom frames")
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss = -log p(x | z_q) + quantiser terms; returns the loss and the values to log."""
@@ -100,7 +153,7 @@ class AudioVQVAE(nn.Module):
         nll = F.cross_entropy(out.logits.float(), out.targets)
         q = out.quantizer
         loss = nll + q.loss
-        metrics = {
+        metrics: dict[str, torch.Tensor] = {
             "loss": loss.detach(),
             "nll": nll.detach(),
             "commitment": q.commitment_loss,
@@ -108,35 +161,59 @@ class AudioVQVAE(nn.Module):
             "restarts": q.restarts,
             "code_counts": q.counts,  # [n_q, K], summed over batches by the training loop
         }
+        if out.top is not None:
+            loss = loss + out.top.loss
+            metrics.update(
+                loss=loss.detach(),
+                commitment=q.commitment_loss + out.top.commitment_loss,
+                codebook=q.codebook_loss + out.top.codebook_loss,
+                restarts=q.restarts + out.top.restarts,
+                top_code_counts=out.top.counts,
+            )
         return loss, metrics
 
     @staticmethod
     def summarize_metrics(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
         """Turn summed code histograms into usage figures: codes used (of K), perplexity and
         entropy in bits of the first codebook, and codes used by each further codebook."""
-        result = {k: float(v) for k, v in values.items() if k != "code_counts"}
+        result = {k: float(v) for k, v in values.items() if k not in ("code_counts", "top_code_counts")}
         counts = values.get("code_counts")
         if counts is not None:
             counts = torch.as_tensor(counts)
             result.update(usage_stats(counts[0]))
             for level in range(1, counts.shape[0]):
                 result[f"codes_used_q{level}"] = float((counts[level] > 0).sum())
+        top_counts = values.get("top_code_counts")
+        if top_counts is not None:
+            result.update({f"top_{k}": v for k, v in usage_stats(torch.as_tensor(top_counts)[0]).items()})
         return result
 
     @torch.no_grad()
     def encode(self, audio: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
-        """Audio [B, T] (T a multiple of the hop) -> codes [B, n_q, T / hop]."""
-        return self.quantizer(self.encoder(audio.unsqueeze(1)), n_q=n_q).codes
+        """Audio [B, T] (T a multiple of the hop) -> codes [B, n_q, T / hop] (a two-level model's bottom codes)."""
+        return self.encode_levels(audio, n_q)[0]
 
-    def latent_conditioning(self, codes: torch.Tensor, first: int, last: int) -> torch.Tensor:
-        """The decoder's local conditioning for frames [first, last) of `codes` [B, n, frames].
+    @torch.no_grad()
+    def encode_levels(self, audio: torch.Tensor, n_q: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Audio [B, T] (T a multiple of hop x ratio) -> (bottom codes [B, n_q, T / hop],
+        top codes [B, 1, T / (hop x ratio)] or None for a one-level model)."""
+        quant, top, _ = self._quantise(audio, n_q)
+        return quant.codes, (top.codes if top is not None else None)
+
+    def latent_conditioning(self, codes: torch.Tensor, first: int, last: int, top: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's local conditioning for frames [first, last) of `codes` [B, n, frames]
+        (and of the `top` codes [B, 1, frames / ratio] of a two-level model).
 
         Computed from the codes of those frames plus the conditioning network's context on each
         side, so that decoding block by block gives exactly what the whole sequence would.
         """
         ctx = self.cond_context
         lo, hi = max(0, first - ctx), min(codes.shape[-1], last + ctx)
-        features = self.cond_net(self.quantizer.lookup(codes[..., lo:hi]))
+        vectors = self.quantizer.lookup(codes[..., lo:hi])
+        if self.top is not None:
+            assert top is not None
+            vectors = torch.cat([vectors, self.top.expand_codes(top, lo, hi)], dim=1)
+        features = self.cond_net(vectors)
         return features[:, :, first - lo : first - lo + (last - first)]
 
     def iter_decode(
@@ -146,16 +223,19 @@ class AudioVQVAE(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         backend: Backend = "auto",
+        top: torch.Tensor | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Codes [B, n, frames] (the first n codebooks) -> successive blocks of audio [B, samples]
-        (float in [-1, 1], on the CPU).
+        """Codes [B, n, frames] (the first n codebooks; a two-level model also takes its `top`
+        codes [B, 1, frames / ratio]) -> successive blocks of audio [B, samples] (float in [-1, 1],
+        on the CPU).
 
         Memory stays bounded whatever the length: conditioning is computed per block."""
+        self._check_top(top, codes.shape[-1])
         blocks = iter_generate(
             self.decoder,
             codes.shape[-1] * self.hop,
             batch=codes.shape[0],
-            cond=lambda first, last: self.latent_conditioning(codes, first, last),
+            cond=lambda first, last: self.latent_conditioning(codes, first, last, top),
             global_cond=self._speaker_vector(speaker),
             first_input=self.silence,
             temperature=temperature,
@@ -174,11 +254,13 @@ class AudioVQVAE(nn.Module):
         generator: torch.Generator | None = None,
         on_progress: Callable[[int], None] | None = None,
         backend: Backend = "auto",
+        top: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Codes [B, n, frames] -> audio [B, frames * hop] by sampling the WaveNet one sample at a time."""
+        """Codes [B, n, frames] (and `top` codes of a two-level model) -> audio [B, frames * hop]
+        by sampling the WaveNet one sample at a time."""
         pieces = []
         done = 0
-        for audio in self.iter_decode(codes, speaker, temperature, generator, backend):
+        for audio in self.iter_decode(codes, speaker, temperature, generator, backend, top):
             pieces.append(audio)
             done += audio.shape[1]
             if on_progress is not None:

@@ -6,6 +6,11 @@ one WaveNet handles any number of residual codebooks: every code is predicted fr
 steps and from the coarser levels of its own step. Its distribution is a softmax over the K codes of
 that level only. A separate start token precedes the sequence. Bits per code is the mean negative
 log2-likelihood of the codes.
+
+Over a two-level VQ-VAE there are two priors: the top one over the top codes (this class as it
+is), and the bottom one conditioned on the top codes (`condition_codes`, `condition_ratio`): the
+top codes pass through an embedding and a non-causal residual stack (they are all known before
+the bottom is drawn) and condition every WaveNet layer at the top code rate.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqaudio.generation.engine import Backend, generate
+from vqaudio.models.encoder import DilatedResidual
 from vqaudio.models.wavenet import IncrementalState, WaveNet
 
 IGNORE = -1  # padding in code batches: excluded from the loss
@@ -35,12 +41,24 @@ class CodePrior(nn.Module):
         gate_channels: int = 128,
         skip_channels: int = 128,
         speaker_dim: int = 16,
+        condition_codes: int = 0,
+        condition_ratio: int = 1,
+        condition_blocks: int = 4,
     ) -> None:
         super().__init__()
         self.codebook_size = codebook_size
         self.n_q = n_q
         self.start_token = n_q * codebook_size
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if speaker_dim else None
+        self.condition_ratio = condition_ratio
+        self.condition: nn.Module | None = None
+        if condition_codes:
+            self.condition_embedding = nn.Embedding(condition_codes, residual_channels)
+            self.condition = nn.Sequential(
+                nn.Conv1d(residual_channels, residual_channels, 3, padding=1),
+                *[DilatedResidual(residual_channels, 2**i) for i in range(condition_blocks)],
+                nn.ReLU(),
+            )
         self.wavenet = WaveNet(
             num_classes=n_q * codebook_size + 1,
             residual_channels=residual_channels,
@@ -50,6 +68,8 @@ class CodePrior(nn.Module):
             stacks=stacks,
             kernel_size=kernel_size,
             global_channels=speaker_dim,
+            cond_channels=residual_channels if condition_codes else 0,
+            cond_hop=condition_ratio * n_q,  # one top frame covers `ratio` frames of n_q tokens
         )
         self.mask_start_logit()
 
@@ -82,26 +102,38 @@ class CodePrior(nn.Module):
     def _global(self, speaker: torch.Tensor) -> torch.Tensor | None:
         return self.speaker(speaker) if self.speaker is not None else None
 
+    def condition_features(self, top: torch.Tensor | None) -> torch.Tensor | None:
+        """Top codes [B, 1, F_top] (IGNORE past an utterance's end) -> conditioning [B, C, F_top],
+        or None for an unconditioned prior. Padding embeds as zeros, like the end of a sequence."""
+        if (top is None) != (self.condition is None):
+            raise ValueError("top codes must be given exactly when the prior is conditioned on them")
+        if top is None or self.condition is None:
+            return None
+        embedded = self.condition_embedding(top[:, 0].clamp_min(0)) * (top[:, 0] >= 0)[..., None]
+        return self.condition(embedded.transpose(1, 2))
+
     # ----- teacher-forced pass -----
 
-    def log_probs(self, codes: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
-        """log p(code | everything before it) for every code: [B, T * n_q, K] in token order."""
+    def log_probs(self, codes: torch.Tensor, speaker: torch.Tensor, top: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(code | everything before it [, the top codes]) for every code: [B, T * n_q, K] in token order."""
         tokens = self.tokens(codes)
         start = torch.full_like(tokens[:, :1], self.start_token)
         inputs = torch.cat([start, tokens[:, :-1]], dim=1).clamp_min(0)  # padding only ever follows the end
-        logits = self.wavenet(inputs, global_cond=self._global(speaker)).transpose(1, 2)
+        logits = self.wavenet(inputs, self.condition_features(top), self._global(speaker)).transpose(1, 2)
         return F.log_softmax(self._level_logits(logits).float(), dim=-1)
 
-    def nll_nats(self, codes: torch.Tensor, speaker: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def nll_nats(
+        self, codes: torch.Tensor, speaker: torch.Tensor, top: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed negative log-likelihood in nats, number of codes counted) over non-padding codes."""
-        log_probs = self.log_probs(codes, speaker)
+        log_probs = self.log_probs(codes, speaker, top)
         targets = codes.transpose(1, 2).reshape(codes.shape[0], -1)
         mask = targets >= 0
         picked = log_probs.gather(2, targets.clamp_min(0)[..., None])[..., 0]
         return -(picked * mask).sum(), mask.sum()
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        total, count = self.nll_nats(batch["codes"], batch["speaker"])
+        total, count = self.nll_nats(batch["codes"], batch["speaker"], batch.get("top"))
         loss = total / count.clamp_min(1)
         # Summed nats and counts (1-element vectors add up over batches in the training loop), so
         # that bits per code is exact over a whole validation pass, not a mean of batch means.
@@ -118,8 +150,8 @@ class CodePrior(nn.Module):
 
     # ----- one code at a time (sampling and entropy coding) -----
 
-    def start(self, speaker: torch.Tensor) -> PriorStepper:
-        return PriorStepper(self, speaker)
+    def start(self, speaker: torch.Tensor, top: torch.Tensor | None = None) -> PriorStepper:
+        return PriorStepper(self, speaker, top)
 
 
 class PriorStepper:
@@ -128,11 +160,13 @@ class PriorStepper:
     Encoder and decoder of an entropy-coded file both run exactly this, in the same order, so
     they compute the same probabilities."""
 
-    def __init__(self, prior: CodePrior, speaker: torch.Tensor) -> None:
+    def __init__(self, prior: CodePrior, speaker: torch.Tensor, top: torch.Tensor | None = None) -> None:
         self.prior = prior
         net = prior.wavenet
         self.state: IncrementalState = net.start(speaker.shape[0])
-        self.bias = net.frame_bias(None, prior._global(speaker), speaker.shape[0])[:, 0]
+        # [B, top frames or 1, layers * gate]: every position's layer inputs from the conditioning
+        with torch.no_grad():
+            self.biases = net.frame_bias(prior.condition_features(top), prior._global(speaker), speaker.shape[0])
         self.position = 0
         self.previous = torch.full((speaker.shape[0],), prior.start_token, dtype=torch.long, device=speaker.device)
         self._pending: torch.Tensor | None = None
@@ -145,7 +179,8 @@ class PriorStepper:
     def log_probs(self) -> torch.Tensor:
         """log p(next code) [B, K] (computed once per position)."""
         if self._pending is None:
-            logits = self.prior.wavenet.step(self.state, self.previous, self.bias)
+            frame = min(self.position // self.prior.wavenet.cond_hop, self.biases.shape[1] - 1)
+            logits = self.prior.wavenet.step(self.state, self.previous, self.biases[:, frame])
             level_logits = self.prior._level_logits(logits[:, None], self.position)[:, 0]
             self._pending = F.log_softmax(level_logits.float(), dim=-1)
         return self._pending
@@ -168,16 +203,21 @@ def sample_codes(
     generator: torch.Generator | None = None,
     on_progress=None,
     backend: Backend = "auto",
+    top: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Draw codes [B, n_q, frames] from the prior for each speaker in `speaker` [B].
+    """Draw codes [B, n_q, frames] from the prior for each speaker in `speaker` [B] (a bottom
+    prior: given the `top` codes [B, 1, frames / ratio]).
 
     One codebook: the generation engine (its fastest back end for the device). Several: one
     level-masked step at a time, since each position may only draw codes of its own level."""
+    if top is not None and top.shape[-1] * prior.condition_ratio != frames:
+        raise ValueError(f"{top.shape[-1]} top frames x ratio {prior.condition_ratio} != {frames} frames")
     if prior.n_q == 1:
         result = generate(
             prior.wavenet,
             frames,
             batch=speaker.shape[0],
+            cond=prior.condition_features(top),
             global_cond=prior._global(speaker),
             first_input=prior.start_token,
             temperature=temperature,
@@ -186,7 +226,7 @@ def sample_codes(
             on_progress=on_progress,
         )
         return result.classes[:, None, :].long()
-    stepper = prior.start(speaker)
+    stepper = prior.start(speaker, top)
     out = torch.empty(speaker.shape[0], frames * prior.n_q, dtype=torch.long)
     for position in range(frames * prior.n_q):
         log_probs = stepper.log_probs()

@@ -23,7 +23,8 @@ class DilatedResidual(nn.Module):
 
 
 class AudioEncoder(nn.Module):
-    """Waveform [B, 1, T] -> latents [B, D, T / 2**downsample_layers].
+    """Waveform [B, 1, T] -> latents [B, D, T / 2**downsample_layers]. With `in_channels` > 1 it
+    downsamples a feature sequence instead (the top level of a two-level model).
 
     Each downsampling layer is a stride-2 convolution (window 4 in the paper); with padding
     (kernel - 2) / 2 a length divisible by the hop maps to exactly T / hop latents.
@@ -36,17 +37,18 @@ class AudioEncoder(nn.Module):
         downsample_layers: int = 6,
         kernel_size: int = 4,
         residual_layers: int = 2,
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         if kernel_size % 2:
             raise ValueError("the encoder's kernel_size must be even so stride 2 halves the length exactly")
         layers: list[nn.Module] = []
-        in_channels = 1
+        self.in_channels = in_channels
         for _ in range(downsample_layers):
             layers += [nn.Conv1d(in_channels, channels, kernel_size, stride=2, padding=(kernel_size - 2) // 2), nn.ReLU()]
             in_channels = channels
         if downsample_layers == 0:
-            layers += [nn.Conv1d(1, channels, 3, padding=1), nn.ReLU()]
+            layers += [nn.Conv1d(self.in_channels, channels, 3, padding=1), nn.ReLU()]
         layers += [DilatedResidual(channels, 3**i) for i in range(residual_layers)]
         layers += [nn.ReLU(), nn.Conv1d(channels, latent_dim, 1)]
         self.net = nn.Sequential(*layers)
@@ -64,8 +66,8 @@ class AudioEncoder(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        if audio.dim() != 3 or audio.shape[1] != 1:
-            raise ValueError(f"expected audio of shape [B, 1, T], got {tuple(audio.shape)}")
+        if audio.dim() != 3 or audio.shape[1] != self.in_channels:
+            raise ValueError(f"expected input of shape [B, {self.in_channels}, T], got {tuple(audio.shape)}")
         if audio.shape[-1] % self.hop:
             raise ValueError(f"audio length {audio.shape[-1]} is not a multiple of the hop {self.hop}")
         return self.net(audio)

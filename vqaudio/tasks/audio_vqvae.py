@@ -54,6 +54,8 @@ def build_audio_vqvae(recipe: Recipe, on_progress: ProgressFn | None = None) -> 
         "hop": model.hop,
         "codebook_size": model.codebook_size,
         "n_q": model.n_q,
+        "ratio": model.ratio,  # bottom frames per top frame (1: one level)
+        "top_codebook_size": model.top_codebook_size,
         "train_utterances": len(train_items),
         "valid_ids": [corpus.ids[i] for i in valid_items],
     }

@@ -1,4 +1,8 @@
-"""Training the code prior: crops of a VQ-VAE's code sequences in, its held-out utterances for validation."""
+"""Training the code prior: crops of a VQ-VAE's code sequences in, its held-out utterances for validation.
+
+Over a two-level VQ-VAE, `prior.level` picks the top codes (an unconditioned prior) or the bottom
+codes (a prior conditioned on the top codes above them; crops start on whole top frames).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from dataclasses import replace
 
 from vqaudio.code_corpus import CodeCorpus, extract_code_corpus
 from vqaudio.codec import load_codec
@@ -21,10 +27,11 @@ from vqaudio.train.trainer import Batch, Shard, TrainSetup
 KIND = "code_prior"
 
 
-def resolve_vqvae(spec: str, runs_dir: Path, kind: str = "audio_vqvae") -> Path:
-    """prior.vqvae: "newest" (of `kind`), a run folder (its newest checkpoint) or a checkpoint file."""
+def resolve_vqvae(spec: str, runs_dir: Path, kind: str = "audio_vqvae", two_level: bool | None = None) -> Path:
+    """prior.vqvae: "newest" (of `kind`; two-level or not when `two_level` says), a run folder (its
+    newest checkpoint) or a checkpoint file."""
     if spec == "newest":
-        return newest_checkpoint(runs_dir, kind)
+        return newest_checkpoint(runs_dir, kind, two_level)
     path = Path(spec).expanduser()
     if path.is_file():
         return path
@@ -36,7 +43,11 @@ def resolve_vqvae(spec: str, runs_dir: Path, kind: str = "audio_vqvae") -> Path:
     raise VQAudioError(f"prior.vqvae {spec!r}: no such run folder or checkpoint (or use prior.vqvae=newest)")
 
 
-def build_prior_model(config: PriorConfig, codebook_size: int, n_q: int, num_speakers: int) -> CodePrior:
+def build_prior_model(
+    config: PriorConfig, codebook_size: int, n_q: int, num_speakers: int, condition_codes: int = 0, condition_ratio: int = 1
+) -> CodePrior:
+    """The prior a recipe describes; a bottom prior is conditioned on `condition_codes` top codes,
+    one per `condition_ratio` frames."""
     return CodePrior(
         codebook_size,
         n_q,
@@ -48,27 +59,61 @@ def build_prior_model(config: PriorConfig, codebook_size: int, n_q: int, num_spe
         gate_channels=config.gate_channels,
         skip_channels=config.skip_channels,
         speaker_dim=config.speaker_dim,
+        condition_codes=condition_codes,
+        condition_ratio=condition_ratio,
+        condition_blocks=config.condition_blocks,
     )
 
 
-def code_batch(corpus: CodeCorpus, items: list[int], starts: list[int], length: int) -> Batch:
-    """Code crops [B, n_q, length], padded with IGNORE past an utterance's end."""
+def code_batch(corpus: CodeCorpus, items: list[int], starts: list[int], length: int, with_top: bool = False) -> Batch:
+    """Code crops [B, n_q, length], padded with IGNORE past an utterance's end; `with_top` adds the
+    top codes above them [B, 1, length / ratio] (starts and length are whole top frames)."""
     batch = np.full((len(items), corpus.codes.shape[0], length), IGNORE, dtype=np.int64)
     for row, (i, start) in enumerate(zip(items, starts)):
         piece = corpus.utterance(i)[:, start : start + length]
         batch[row, :, : piece.shape[1]] = piece
     speaker = torch.tensor([int(corpus.speaker_index[i]) for i in items], dtype=torch.long)
-    return {"codes": torch.from_numpy(batch), "speaker": speaker}
+    result = {"codes": torch.from_numpy(batch), "speaker": speaker}
+    if with_top:
+        ratio = corpus.ratio
+        top = np.full((len(items), 1, length // ratio), IGNORE, dtype=np.int64)
+        for row, (i, start) in enumerate(zip(items, starts)):
+            piece = corpus.utterance_top(i)[:, start // ratio : (start + length) // ratio]
+            top[row, :, : piece.shape[1]] = piece
+        result["top"] = torch.from_numpy(top)
+    return result
+
+
+def top_level_view(corpus: CodeCorpus) -> CodeCorpus:
+    """The top codes of a two-level corpus, laid out like one-level codes."""
+    assert corpus.top is not None
+    return replace(corpus, codes=corpus.top, offsets=corpus.offsets // corpus.ratio, top=None, ratio=1)
+
+
+def _check_level(level: str | None, two_level: bool, checkpoint: Path) -> None:
+    if two_level and level is None:
+        raise VQAudioError(f"{checkpoint} is a two-level VQ-VAE: set prior.level to top or bottom (one prior per level)")
+    if not two_level and level is not None:
+        raise VQAudioError(f"prior.level {level}: {checkpoint} is a one-level VQ-VAE; remove prior.level")
 
 
 def build_code_prior(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainSetup:
     assert recipe.prior is not None  # the recipe schema insists
-    checkpoint = resolve_vqvae(recipe.prior.vqvae, Path(recipe.train.runs_dir))
+    # a prior with a level is over a two-level model, one without over a one-level model: "newest" of those
+    checkpoint = resolve_vqvae(recipe.prior.vqvae, Path(recipe.train.runs_dir), two_level=recipe.prior.level is not None)
     codec = load_codec(checkpoint, torch.device("cpu"))
     corpus, cache = extract_code_corpus(codec, on_progress)
     if not corpus.train:
         raise VQAudioError(f"{checkpoint}: its corpus has no utterances left for training after the held-out split")
+    level = recipe.prior.level
+    _check_level(level, codec.two_level, checkpoint)
     crop = recipe.prior.crop_frames
+    conditioned = level == "bottom"
+    step_frames = codec.ratio if conditioned else 1  # a bottom crop starts and ends on whole top frames
+    if conditioned and crop % codec.ratio:
+        raise VQAudioError(f"prior.crop_frames ({crop}) must be a multiple of {codec.ratio}, the bottom frames per top code")
+    if level == "top":
+        corpus = top_level_view(corpus)
     batch_size = recipe.train.batch_size
     frames = np.array([corpus.frames(i) for i in corpus.train], dtype=np.float64)
     weights = frames / frames.sum()
@@ -76,22 +121,30 @@ def build_code_prior(recipe: Recipe, on_progress: ProgressFn | None = None) -> T
     def train_batch(step: int, shard: Shard) -> Batch:
         rng = np.random.default_rng([recipe.seed, step])
         items = [corpus.train[c] for c in rng.choice(len(corpus.train), size=shard.total, p=weights)]
-        starts = [int(rng.integers(0, max(1, corpus.frames(i) - crop + 1))) for i in items]
-        return code_batch(corpus, shard.take(items), shard.take(starts), crop)
+        starts = [int(rng.integers(0, max(1, (corpus.frames(i) - crop) // step_frames + 1))) * step_frames for i in items]
+        return code_batch(corpus, shard.take(items), shard.take(starts), crop, conditioned)
 
     def valid_batches() -> Iterator[Batch]:
         for first in range(0, len(corpus.valid), batch_size):
             items = corpus.valid[first : first + batch_size]
-            yield code_batch(corpus, items, [0] * len(items), max(corpus.frames(i) for i in items))
+            yield code_batch(corpus, items, [0] * len(items), max(corpus.frames(i) for i in items), conditioned)
 
     torch.manual_seed(recipe.seed)
-    model = build_prior_model(recipe.prior, codec.codebook_size, codec.n_q, len(codec.speakers))
+    top_size = codec.model.top_codebook_size or 0
+    if level == "top":
+        model = build_prior_model(recipe.prior, top_size, 1, len(codec.speakers))
+    else:
+        condition = top_size if conditioned else 0
+        model = build_prior_model(recipe.prior, codec.codebook_size, codec.n_q, len(codec.speakers), condition, codec.ratio)
     metadata = {
         "speakers": codec.speakers,
         "sample_rate": codec.sample_rate,
-        "hop": codec.hop,
-        "codebook_size": codec.codebook_size,
-        "n_q": codec.n_q,
+        "hop": codec.block if level == "top" else codec.hop,
+        "codebook_size": model.codebook_size,
+        "n_q": model.n_q,
+        "level": level,  # None over a one-level VQ-VAE
+        "ratio": codec.ratio,
+        "condition_codes": top_size if conditioned else 0,
         "vqvae_checkpoint": str(checkpoint.resolve()),
         "vqvae_fingerprint": codec.fingerprint,
         "code_cache": str(cache),

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from vqaudio.errors import VQAudioError
 from vqaudio.train.checkpoint import list_checkpoints
 
@@ -55,20 +57,52 @@ EXAMPLE_RECIPES = {
 }
 
 
-def newest_checkpoint(runs_dir: Path, kind: str) -> Path:
-    """The most recently written checkpoint of a run of `kind` under `runs_dir`."""
+def is_two_level(run: Path) -> bool:
+    """Whether a run trains a two-level audio model (its recipe has model.top)."""
+    try:
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(recipe, dict) and bool((recipe.get("model") or {}).get("top"))
+
+
+def newest_checkpoint(runs_dir: Path, kind: str, two_level: bool | None = None) -> Path:
+    """The most recently written checkpoint of a run of `kind` under `runs_dir` (of a two-level
+    or a one-level audio model only, when `two_level` says which)."""
     candidates = []
     if runs_dir.is_dir():
         for run_json in runs_dir.glob("*/*/run.json"):
             run = run_json.parent
-            if run_kind(run) == kind:
+            if run_kind(run) == kind and (two_level is None or is_two_level(run) == two_level):
                 candidates += list_checkpoints(run)
     if not candidates:
+        what = {None: "", True: "two-level ", False: "one-level "}[two_level]
+        example = "recipes/demo_vqvae2.yaml" if two_level else EXAMPLE_RECIPES.get(kind, "recipes/demo.yaml")
         raise VQAudioError(
-            f"no {kind} checkpoint under {runs_dir}/; train one first "
-            f"(vqaudio train {EXAMPLE_RECIPES.get(kind, 'recipes/demo.yaml')}) or pass -c CHECKPOINT"
+            f"no {what}{kind} checkpoint under {runs_dir}/; train one first (vqaudio train {example}) or pass -c CHECKPOINT"
         )
     return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+
+
+def newest_prior_at_level(runs_dir: Path, kind: str, level: str, vqvae_fingerprint: str) -> Path | None:
+    """The newest checkpoint of a `kind` prior at `level` ("top" or "bottom") over the VQ-VAE with
+    `vqvae_fingerprint`, under `runs_dir`; None when there is none. A two-level model's priors
+    find their partner this way."""
+    from vqaudio.train.checkpoint import load_checkpoint
+
+    found = []
+    for run_json in runs_dir.glob("*/*/run.json") if runs_dir.is_dir() else []:
+        checkpoints = list_checkpoints(run_json.parent) if run_kind(run_json.parent) == kind else []
+        if checkpoints:
+            meta = load_checkpoint(checkpoints[-1]).get("metadata") or {}
+            if meta.get("level") == level and meta.get("vqvae_fingerprint") == vqvae_fingerprint:
+                found.append(checkpoints[-1])
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def runs_dir_of(checkpoint: Path) -> Path:
+    """The runs folder a checkpoint's run sits in (runs/<name>/<run>/checkpoints/step_N.pt)."""
+    return checkpoint.resolve().parents[3]
 
 
 def resolve_run_dir(path: Path) -> Path:
