@@ -152,6 +152,11 @@ def test_encode_writes_npz_with_both_levels_and_decode_restores_the_length(two_l
     decoded, rate = sf.read(tmp_path / "a.wav")
     assert rate == 8000 and decoded.shape == audio.shape
     assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+    # voice conversion = encoding both levels, then decoding them as another speaker
+    invoke("convert", str(work / "clip.wav"), str(tmp_path / "as0.wav"), "--speaker", "0", "-c", vq, "--temperature", "0")
+    invoke("decode", str(tmp_path / "c.npz"), str(tmp_path / "d0.wav"), "-c", vq, "--temperature", "0", "--speaker", "0")
+    assert sf.read(tmp_path / "as0.wav")[0].shape == audio.shape
+    assert (tmp_path / "as0.wav").read_bytes() == (tmp_path / "d0.wav").read_bytes()
     # one-level codes given to a two-level model, and damaged two-level files: one-line errors
     np.save(tmp_path / "one.npy", codes[0])
     (tmp_path / "one.npy.json").write_text(json.dumps({**side, "version": 1, "n_q": 1}))

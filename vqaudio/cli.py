@@ -88,7 +88,7 @@ PriorOpt = Annotated[
 @app.command()
 def encode(
     source: Annotated[Path, typer.Argument(help="audio file (anything soundfile reads)")],
-    target: Annotated[Path, typer.Argument(help="codes file to write (.npy + .npy.json sidecar, or .vqa with --entropy)")],
+    target: Annotated[Path, typer.Argument(help="codes file to write (.npy + .npy.json sidecar; .npz for a two-level model; .vqa with --entropy)")],
     checkpoint: CheckpointOpt = None,
     speaker: Annotated[Optional[str], typer.Option("--speaker", help="record this speaker (index or name)")] = None,
     n_q: Annotated[
@@ -115,6 +115,8 @@ def encode(
         side = encode_file(codec, source, target, speaker=speaker, force=force, on_progress=update, n_q=n_q)
     seconds = side["num_samples"] / codec.sample_rate
     books = f" x {side['n_q']} codebooks" if side["n_q"] > 1 else ""
+    if "top" in side:
+        books += f" + {side['top']['frames']} top frames"
     out.print(
         f"wrote {target} ({side['shape'][-1]} frames{books} for {seconds:.2f} s at {side['bitrate']:.0f} bit/s, "
         f"speaker {side['speaker'] or 'not recorded'})"

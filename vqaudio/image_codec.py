@@ -153,12 +153,10 @@ def find_bottom_prior(top: ImagePrior, runs_dir: Path | None = None) -> Path:
 def load_prior_pair(checkpoint: str | Path, device: torch.device, bottom: str | Path | None = None,
                     vqvae: str | Path | None = None) -> tuple[ImagePrior, ImagePrior | None]:  # fmt: skip
     """An image prior, and for a VQ-VAE-2's top prior its bottom partner (given or the newest)."""
+    from vqaudio.train.run_dir import needs_bottom_prior
+
     first = load_image_prior(checkpoint, device, vqvae)
-    if first.level == "bottom":
-        raise VQAudioError(f"{checkpoint}: a bottom prior; give the top prior (-c) and this one with --bottom")
-    if first.level is None:
-        if bottom is not None:
-            raise VQAudioError(f"--bottom: {checkpoint} is a one-level prior; there is no bottom level")
+    if not needs_bottom_prior(checkpoint, first.level, bottom):
         return first, None
     second = load_image_prior(bottom or find_bottom_prior(first), device, vqvae)
     if second.level != "bottom" or second.vqvae.fingerprint != first.vqvae.fingerprint:

@@ -93,18 +93,14 @@ def load_prior_pair(
     """A code prior, and for a two-level VQ-VAE's top prior its bottom partner (given, or the newest
     one over the same VQ-VAE in the top prior's runs folder). `chosen`: the checkpoint was picked
     as the newest prior, so a bottom prior stands for its pair (the newest top prior beside it)."""
-    from vqaudio.train.run_dir import newest_prior_at_level, runs_dir_of
+    from vqaudio.train.run_dir import needs_bottom_prior, newest_prior_at_level, runs_dir_of
 
     first = load_prior(checkpoint, device, vqvae)
     if first.level == "bottom" and chosen and bottom is None:
         top = newest_prior_at_level(runs_dir_of(Path(checkpoint)), "code_prior", "top", first.codec.fingerprint)
         if top is not None:
             bottom, checkpoint, first = checkpoint, top, load_prior(top, device, vqvae)
-    if first.level == "bottom":
-        raise VQAudioError(f"{checkpoint}: a bottom prior; give the top prior (-c) and this one with --bottom")
-    if first.level is None:
-        if bottom is not None:
-            raise VQAudioError(f"--bottom: {checkpoint} is a prior over one-level codes; there is no bottom level")
+    if not needs_bottom_prior(checkpoint, first.level, bottom):
         return first, None
     if bottom is None:
         runs = runs_dir_of(Path(checkpoint))

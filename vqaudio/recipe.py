@@ -131,12 +131,13 @@ class PriorConfig(_WaveNetShape):
     section: ClassVar[str] = "prior"
     vqvae: str  # the VQ-VAE: a run folder, a checkpoint, or "newest" (newest VQ-VAE under train.runs_dir)
     crop_frames: int = Field(256, ge=2)  # code frames per training example
-    # image priors over a VQ-VAE-2 (model.kind image_vqvae2)
-    level: Literal["top", "bottom"] | None = None  # which code map; the bottom prior is conditioned on the top
+    # priors over two-level models (image_vqvae2, or audio_vqvae with model.top)
+    level: Literal["top", "bottom"] | None = None  # which codes; the bottom prior is conditioned on the top
+    condition_blocks: int = Field(4, ge=0)  # bottom prior: residual blocks of the top-code conditioning stack
+    # image priors only
     attention_every: int = Field(0, ge=0)  # causal multi-head self-attention after every N-th layer (0: none)
     heads: int = Field(4, ge=1)  # attention heads (residual_channels must divide by it)
     dropout: float = Field(0.0, ge=0, lt=1)  # on the residual branches and in the attention
-    condition_blocks: int = Field(4, ge=0)  # bottom prior: residual blocks of the top-code conditioning stack
 
     @model_validator(mode="after")
     def _heads_divide(self) -> PriorConfig:

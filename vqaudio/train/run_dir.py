@@ -100,6 +100,16 @@ def newest_prior_at_level(runs_dir: Path, kind: str, level: str, vqvae_fingerpri
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
+def needs_bottom_prior(checkpoint: str | Path, level: str | None, bottom: str | Path | None) -> bool:
+    """Whether the prior at `checkpoint` (of `level`) is a top prior that needs its bottom partner;
+    one-line errors for a bottom prior given first, or --bottom beside a one-level prior."""
+    if level == "bottom":
+        raise VQAudioError(f"{checkpoint}: a bottom prior; give the top prior (-c) and this one with --bottom")
+    if level is None and bottom is not None:
+        raise VQAudioError(f"--bottom: {checkpoint} is a prior over one-level codes; there is no bottom level")
+    return level == "top"
+
+
 def runs_dir_of(checkpoint: Path) -> Path:
     """The runs folder a checkpoint's run sits in (runs/<name>/<run>/checkpoints/step_N.pt)."""
     return checkpoint.resolve().parents[3]
