@@ -413,6 +413,8 @@ def read_code_levels(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict[st
     """Load a codes file (.npy, or .npz with two levels) and its sidecar, checking both are well
     formed: (codes [n_q, frames], top codes [1, frames / ratio] or None, sidecar)."""
     top: np.ndarray | None = None
+    if path.suffix.lower() == ".npz" and path.is_file() and not zipfile.is_zipfile(path):
+        raise VQAudioError(f"{path}: not a two-level codes file (not a .npz archive); give the file vqaudio encode wrote")
     if path.is_file() and zipfile.is_zipfile(path):
         codes, top = _load_codes_levels(path)
         if top.ndim != 1 or codes.ndim != 1:
