@@ -67,6 +67,20 @@ def test_bottom_codes_and_decoder_depend_on_the_top_level():
         next(model.iter_decode(bottom, torch.tensor([0]), top=top[..., :3]))
 
 
+def test_eval_decoder_nll_is_the_training_nll_in_bits():
+    from vqaudio.codec import Codec
+    from vqaudio.evaluation.evaluate import decoder_nll_bits
+
+    model = make_model().eval()
+    codec = Codec(model, Path("m.pt"), "f" * 16, 0, 8000, ["a", "b"], {}, torch.device("cpu"))
+    audio = 0.3 * torch.randn(512)
+    with torch.no_grad():
+        _, metrics = model.training_step({"audio": audio[None], "speaker": torch.tensor([1])})
+    expected = float(metrics["nll"]) * 512 / math.log(2)
+    assert decoder_nll_bits(codec, audio.numpy(), 1) == pytest.approx(expected, rel=1e-5)
+    assert decoder_nll_bits(codec, audio.numpy(), 0) != pytest.approx(expected, rel=1e-5)  # the speaker counts
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -225,6 +239,8 @@ def test_eval_scores_both_levels_under_the_hierarchy_of_priors(two_level_run, tm
     assert model["prior_bits_per_top_code"] == pytest.approx(row["prior_bits_top"] / 175)
     assert model["prior_bits_per_bottom_code"] == pytest.approx(row["prior_bits_bottom"] / 700)
     assert 0 < model["nll_bits_per_sample"] < 8 and row["nll_bits_per_sample"] == pytest.approx(model["nll_bits_per_sample"])
+    bound = model["nll_bits_per_sample"] + model["prior_bitrate"] / 8000
+    assert model["bits_per_sample_under_prior"] == pytest.approx(bound)
 
 
 def test_info_entropy_and_level_errors(two_level_run, trained, tmp_path, capsys):

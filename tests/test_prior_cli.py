@@ -127,6 +127,8 @@ def test_eval_and_info_put_raw_prior_and_coded_bitrates_side_by_side(prior_run, 
     assert model["entropy_coded_bitrate"] == pytest.approx(8 * row["vqa_bytes"] / 0.5)
     assert model["prior_bits_per_code"] == pytest.approx(row["prior_bits_per_code"])
     assert model["prior_bitrate"] == pytest.approx(model["prior_bits_per_code"] * 1000)
+    assert 0 < model["nll_bits_per_sample"] < 8  # μ-law: 8 bits is a uniform guess
+    assert model["bits_per_sample_under_prior"] == pytest.approx(model["nll_bits_per_sample"] + model["prior_bitrate"] / 8000)
     assert "bitrate side by side: raw 5000 bit/s" in result.output
     info = invoke("info", str(prior_ckpt)).output
     info = " ".join(info.split())

@@ -223,6 +223,8 @@ def evaluate(
             prior_bitrate=estimated_bits / seconds,
             entropy_coded_bitrate=8 * coded_bytes / seconds,
         )
+    if "prior_bitrate" in systems[0]:  # -log2 p(x) bound: the decoder's bits plus the codes' bits under the prior(s)
+        systems[0]["bits_per_sample_under_prior"] = systems[0]["nll_bits_per_sample"] + systems[0]["prior_bitrate"] / sr
     notes = list(baseline_notes)
     if unknown_speakers:
         notes.append(f"{unknown_speakers} clip(s) by speakers the model does not know: decoded as {codec.speakers[0]}")

@@ -53,6 +53,11 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             f"entropy {top['entropy']:.2f} of {math.log2(top['codebook_size']):.0f} bits"
         )
     console.print(f"decoder likelihood: {model['nll_bits_per_sample']:.3f} bits per sample (-log2 p(x | codes), teacher-forced)")
+    if "bits_per_sample_under_prior" in model:
+        console.print(
+            f"with the codes' bits under the prior(s): {model['bits_per_sample_under_prior']:.3f} bits per sample "
+            "(an upper bound on -log2 p(x), the audio analogue of bits/dim)"
+        )
     if "prior_bits_per_top_code" in model:
         console.print(
             f"under the priors: {model['prior_bitrate']:.0f} bit/s ({model['prior_bits_per_top_code']:.3f} bits per top code, "
