@@ -257,3 +257,22 @@ def test_info_entropy_and_level_errors(two_level_run, trained, tmp_path, capsys)
     code, output = run_main(capsys, "train", str(tmp_path / "p.yaml"), f"prior.vqvae={one_level}", "prior.level=top",
                             f"train.runs_dir={tmp_path / 'runs'}", "--quiet")  # fmt: skip
     assert code == 2 and "is a one-level VQ-VAE; remove prior.level" in output
+
+
+def test_bottom_prior_batches_pair_each_crop_with_the_top_codes_above_it():
+    from vqaudio.code_corpus import CodeCorpus
+    from vqaudio.models.code_prior import IGNORE
+    from vqaudio.tasks.code_prior import code_batch, top_level_view
+
+    rng = np.random.default_rng(0)
+    offsets = np.array([0, 16, 40])  # two utterances: 16 and 24 bottom frames (4 and 6 top frames)
+    corpus = CodeCorpus(["a", "b"], np.array([0, 1]), offsets, rng.integers(0, 32, (1, 40)), [], [0, 1],
+                        top=rng.integers(0, 16, (1, 10)), ratio=4)  # fmt: skip
+    batch = code_batch(corpus, [1, 0], [8, 12], 12, with_top=True)
+    assert batch["codes"].shape == (2, 1, 12) and batch["top"].shape == (2, 1, 3)
+    assert np.array_equal(batch["codes"][0, 0], corpus.codes[0, 24:36])
+    assert np.array_equal(batch["top"][0, 0], corpus.top[0, 6:9])  # utterance b's top frames 2..4
+    assert np.array_equal(batch["codes"][1, 0, :4], corpus.codes[0, 12:16]) and (batch["codes"][1, 0, 4:] == IGNORE).all()
+    assert batch["top"][1, 0, 0] == corpus.top[0, 3] and (batch["top"][1, 0, 1:] == IGNORE).all()
+    top = top_level_view(corpus)
+    assert np.array_equal(top.utterance(1), corpus.top[:, 4:10]) and top.frames(0) == 4
