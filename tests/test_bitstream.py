@@ -95,14 +95,21 @@ def test_damaged_files_give_a_clear_error(good_file, damage, message):
 
 def test_flipped_payload_bits_are_caught(good_file):
     prior, data = good_file
-    caught = 0
+    original, _ = entropy_decode(prior, data, Path("x.vqa"))
+    caught = harmless = 0
     for position in range(HEADER_SIZE, len(data)):
         damaged = data[:position] + bytes([data[position] ^ 0x10]) + data[position + 1 :]
         try:
             decoded, _ = entropy_decode(prior, damaged, Path("x.vqa"))
         except VQAudioError:
             caught += 1
-    assert caught == len(data) - HEADER_SIZE  # every flip: a checksum or coder error, never silent garbage
+        else:
+            # A flip in the coder's last word may land in bits the decoder never reads: the codes
+            # are then exactly the original ones. Anything else would be silent garbage.
+            assert np.array_equal(decoded, original), f"flip at byte {position} decoded to other codes"
+            assert position >= len(data) - 4
+            harmless += 1
+    assert caught + harmless == len(data) - HEADER_SIZE and harmless <= 4
 
 
 def test_a_file_from_another_prior_is_refused(good_file, tmp_path):

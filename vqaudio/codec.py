@@ -393,6 +393,8 @@ def _load_codes_levels(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 info = infos[name]
                 if info.compress_type != zipfile.ZIP_STORED:
                     raise VQAudioError(f"{path}: member {name} is compressed; write codes with vqaudio encode (np.savez)")
+                if info.file_size > path.stat().st_size:  # a stored member cannot be larger than its archive
+                    raise VQAudioError(f"{path}: member {name} claims {info.file_size} bytes, more than the file holds")
                 with archive.open(info) as handle:
                     arrays.append(_read_npy(handle, info.file_size, path, f" ({name})"))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ class Prior:
     fingerprint: str
     step: int
     valid: dict[str, float]
-    metadata: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)  # the checkpoint's: level, ratio, ...
 
     @property
     def level(self) -> str | None:
