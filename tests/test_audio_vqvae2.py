@@ -241,15 +241,34 @@ def test_eval_scores_both_levels_under_the_hierarchy_of_priors(two_level_run, tm
     assert 0 < model["nll_bits_per_sample"] < 8 and row["nll_bits_per_sample"] == pytest.approx(model["nll_bits_per_sample"])
     bound = model["nll_bits_per_sample"] + model["prior_bitrate"] / 8000
     assert model["bits_per_sample_under_prior"] == pytest.approx(bound)
+    assert model["entropy_coded_bitrate"] == pytest.approx(8 * row["vqa_bytes"] / seconds)
 
 
-def test_info_entropy_and_level_errors(two_level_run, trained, tmp_path, capsys):
+def test_entropy_coded_two_level_files_round_trip_through_the_cli(two_level_run, tmp_path, capsys):
+    work, found = two_level_run
+    top = str(found["top"])
+    result = invoke("encode", str(work / "clip.wav"), str(tmp_path / "c.vqa"), "--entropy", "--prior", top)
+    assert "bit/s" in result.output
+    invoke("encode", str(work / "clip.wav"), str(tmp_path / "c.npz"), "-c", str(found["tiny2"]))
+    data = (tmp_path / "c.vqa").read_bytes()
+    assert data[:8] == b"VQAUDIO\x00" and data[8] == 2  # version 2: two levels
+    for source, name in ((tmp_path / "c.vqa", "from_vqa.wav"), (tmp_path / "c.npz", "from_npz.wav")):
+        extra = ["--prior", top] if source.suffix == ".vqa" else ["-c", str(found["tiny2"])]
+        invoke("decode", str(source), str(tmp_path / name), *extra, "--temperature", "0")
+    # the .vqa file holds exactly the codes of the .npz: the decoded audio is identical
+    assert (tmp_path / "from_vqa.wav").read_bytes() == (tmp_path / "from_npz.wav").read_bytes()
+    explicit = ["decode", str(tmp_path / "c.vqa"), str(tmp_path / "x.wav"), "--prior", top]
+    code, output = run_main(capsys, *explicit, "--bottom", top)
+    assert code == 2 and "not a bottom prior" in output
+    code, output = run_main(capsys, "decode", str(tmp_path / "c.npz"), str(tmp_path / "x.wav"), "--bottom", top)
+    assert code == 2 and "--bottom: the bottom prior is for .vqa files" in output
+
+
+def test_info_and_level_errors(two_level_run, trained, tmp_path, capsys):
     work, found = two_level_run
     result = invoke("info", str(found["tiny2"]))
     assert "two levels" in result.output and "K = 16" in result.output
     assert "bottom codes of a two-level model, given the top codes" in invoke("info", str(found["bottom"])).output
-    code, output = run_main(capsys, "encode", str(work / "clip.wav"), str(tmp_path / "x.vqa"), "--entropy", "--prior", str(found["top"]))
-    assert code == 2 and ".vqa bitstreams code one-level models" in output
     (tmp_path / "p.yaml").write_text(yaml.safe_dump({**prior_dict("p", None, 2), "prior": {**prior_dict("p", None)["prior"], "vqvae": str(found["tiny2"])}}))
     code, output = run_main(capsys, "train", str(tmp_path / "p.yaml"), f"train.runs_dir={tmp_path / 'runs'}", "--quiet")
     assert code == 2 and "is a two-level VQ-VAE: set prior.level to top or bottom" in output

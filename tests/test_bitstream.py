@@ -22,7 +22,7 @@ def tiny_prior(n_q: int, fingerprint: str = "p" * 16) -> Prior:
     with torch.no_grad():  # a peaked, input-dependent distribution, so that coding saves bits
         for p in model.parameters():
             p.add_(0.5 * torch.randn_like(p))
-    codec = SimpleNamespace(fingerprint="v" * 16, sample_rate=8000, hop=8, codebook_size=K, n_q=n_q,
+    codec = SimpleNamespace(fingerprint="v" * 16, sample_rate=8000, hop=8, codebook_size=K, n_q=n_q, two_level=False, ratio=1,
                             speakers=["a", "b"])
     return Prior(model, codec, Path("prior.pt"), fingerprint, 10, {})
 
@@ -136,3 +136,61 @@ def test_an_absurd_length_is_refused_before_allocating(good_file):
     forged = body + struct.pack("<I", zlib.crc32(body)) + data[HEADER_SIZE:]
     with pytest.raises(VQAudioError, match="claims 8796093022208 samples"):
         entropy_decode(prior, forged, Path("x.vqa"))
+
+
+# ----- version 2: a two-level model's codes under its top and bottom priors -----
+
+RATIO, TOP_K = 4, 8
+
+
+def two_level_priors() -> tuple[Prior, Prior]:
+    torch.manual_seed(5)
+    shape = {"layers": 4, "stacks": 1, "residual_channels": 8, "gate_channels": 16, "skip_channels": 16, "speaker_dim": 4}
+    top = CodePrior(TOP_K, 1, num_speakers=2, **shape).eval()
+    bottom = CodePrior(K, 1, num_speakers=2, condition_codes=TOP_K, condition_ratio=RATIO, condition_blocks=1, **shape).eval()
+    with torch.no_grad():
+        for p in [*top.parameters(), *bottom.parameters()]:
+            p.add_(0.5 * torch.randn_like(p))
+    codec = SimpleNamespace(fingerprint="v" * 16, sample_rate=8000, hop=8, codebook_size=K, n_q=1, two_level=True,
+                            ratio=RATIO, speakers=["a", "b"], checkpoint=Path("vq.pt"))  # fmt: skip
+    return (Prior(top, codec, Path("top.pt"), "t" * 16, 10, {}, {"level": "top"}),
+            Prior(bottom, codec, Path("bottom.pt"), "b" * 16, 10, {}, {"level": "bottom"}))  # fmt: skip
+
+
+def test_two_level_codes_round_trip_in_version_2_files():
+    from vqaudio.bitstream import HEADER_SIZE_LEVELS, entropy_decode_levels
+    from vqaudio.models.code_prior import sample_codes
+
+    top_prior, bottom_prior = two_level_priors()
+    g = torch.Generator().manual_seed(1)
+    top = sample_codes(top_prior.model, 30, torch.tensor([1]), generator=g)
+    codes = sample_codes(bottom_prior.model, 120, torch.tensor([1]), generator=g, top=top)[0].numpy()
+    top = top[0].numpy()
+    encoded = entropy_encode(top_prior, codes, 1, 120 * 8 - 20, top=top, bottom_prior=bottom_prior)
+    decoded, decoded_top, header = entropy_decode_levels(top_prior, encoded.data, Path("x.vqa"), bottom_prior=bottom_prior)
+    np.testing.assert_array_equal(decoded, codes)
+    np.testing.assert_array_equal(decoded_top, top)
+    assert header.two_level and (header.ratio, header.top_codebook_size, header.top_frames) == (RATIO, TOP_K, 30)
+    assert header.bottom_prior_fingerprint == "b" * 16 and encoded.data[8] == 2  # format version 2
+    # the estimate is both levels' teacher-forced NLL, and the file is close to it
+    top_lp = top_prior.model.log_probs(torch.as_tensor(top)[None], torch.tensor([1]))
+    bottom_lp = bottom_prior.model.log_probs(torch.as_tensor(codes)[None], torch.tensor([1]), torch.as_tensor(top)[None])
+    nll = -(top_lp.gather(2, torch.as_tensor(top.T.reshape(1, -1, 1))).sum() + bottom_lp.gather(
+        2, torch.as_tensor(codes.T.reshape(1, -1, 1))).sum()).item() / np.log(2)  # fmt: skip
+    assert encoded.estimated_bits == pytest.approx(nll, rel=1e-4)
+    assert 8 * (len(encoded.data) - HEADER_SIZE_LEVELS) <= 1.01 * encoded.estimated_bits + 64
+    # the wrong bottom prior, a missing one, and a one-level reader are refused; so is damage
+    other = Prior(bottom_prior.model, bottom_prior.codec, Path("o.pt"), "o" * 16, 1, {}, {"level": "bottom"})
+    with pytest.raises(VQAudioError, match="coded with bottom prior bbbbbbbbbbbbbbbb"):
+        entropy_decode_levels(top_prior, encoded.data, Path("x.vqa"), bottom_prior=other)
+    with pytest.raises(VQAudioError, match="a top prior; two-level codes are coded with its bottom prior too"):
+        entropy_decode_levels(top_prior, encoded.data, Path("x.vqa"))
+    with pytest.raises(VQAudioError, match="coded with prior tttttttttttttttt, but bottom.pt"):
+        entropy_decode_levels(bottom_prior, encoded.data, Path("x.vqa"), bottom_prior=bottom_prior)
+    with pytest.raises(VQAudioError, match="a bottom prior; give the top prior"):
+        entropy_encode(bottom_prior, codes, 1, 960, top=top, bottom_prior=bottom_prior)
+    for position in (40, 110, HEADER_SIZE_LEVELS + 3):
+        damaged = bytearray(encoded.data)
+        damaged[position] ^= 0x20
+        with pytest.raises(VQAudioError, match="corrupt|checksum"):
+            entropy_decode_levels(top_prior, bytes(damaged), Path("x.vqa"), bottom_prior=bottom_prior)

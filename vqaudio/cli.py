@@ -98,6 +98,7 @@ def encode(
         bool, typer.Option("--entropy", help="write a compressed .vqa bitstream, range-coded under the learned prior")
     ] = False,
     prior_checkpoint: PriorOpt = None,
+    bottom: BottomOpt = None,
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -108,8 +109,10 @@ def encode(
     from vqaudio.progress import progress_bar
 
     if entropy:
-        _encode_entropy(source, target, checkpoint, speaker, n_q, prior_checkpoint, force, device)
+        _encode_entropy(source, target, checkpoint, speaker, n_q, prior_checkpoint, bottom, force, device)
         return
+    if bottom is not None:
+        raise VQAudioError("--bottom: the bottom prior is for --entropy (a .vqa file of two-level codes)")
     codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
     with progress_bar("encode", expected_samples(source, codec.sample_rate), "samples") as update:
         side = encode_file(codec, source, target, speaker=speaker, force=force, on_progress=update, n_q=n_q)
@@ -125,19 +128,16 @@ def encode(
 
 def _encode_entropy(
     source: Path, target: Path, checkpoint: Path | None, speaker: str | None, n_q: int | None,
-    prior_checkpoint: Path | None, force: bool, device: str,
+    prior_checkpoint: Path | None, bottom: Path | None, force: bool, device: str,
 ) -> None:  # fmt: skip
     from vqaudio.audio.io import iter_audio
-    from vqaudio.bitstream import check_one_level, entropy_encode, write_vqa
+    from vqaudio.bitstream import entropy_encode, write_vqa
     from vqaudio.codec import encode_chunks, guess_speaker
-    from vqaudio.device import resolve_device
     from vqaudio.fileio import check_writable
-    from vqaudio.prior import load_prior
     from vqaudio.progress import progress_bar
 
     check_writable(target, force)
-    prior = load_prior(_checkpoint_or_newest(prior_checkpoint, "code_prior"), resolve_device(device), checkpoint)
-    check_one_level(prior)
+    prior, bottom_prior = _prior_pair(prior_checkpoint, bottom, checkpoint, device)
     codec = prior.codec
     if n_q is not None and n_q != codec.n_q:
         raise VQAudioError(f"--n-q {n_q}: the prior models all {codec.n_q} codebook(s); --entropy codes them all")
@@ -145,18 +145,26 @@ def _encode_entropy(
     if speaker is None:
         err.print(f"no speaker given or found in the file name: recording speaker {codec.speakers[0]} (--speaker to choose)")
     index = codec.speaker_index(speaker)
-    encoded_audio = encode_chunks(codec, iter_audio(source, codec.sample_rate))
-    codes, num_samples = encoded_audio.codes, encoded_audio.num_samples
-    with progress_bar("entropy-code", codes.shape[1], "frames") as update:
-        encoded = entropy_encode(prior, codes, index, num_samples, update)
+    audio = encode_chunks(codec, iter_audio(source, codec.sample_rate))
+    top_frames = audio.top.shape[1] if audio.top is not None else 0
+    with progress_bar("entropy-code", audio.codes.shape[1] + top_frames, "frames") as update:
+        encoded = entropy_encode(prior, audio.codes, index, audio.num_samples, update, audio.top, bottom_prior)
     write_vqa(target, encoded, force)
-    seconds = num_samples / codec.sample_rate
-    raw = codes.size * math.log2(codec.codebook_size)
+    seconds = audio.num_samples / codec.sample_rate
     out.print(
         f"wrote {target} ({len(encoded.data)} bytes for {seconds:.2f} s: {8 * len(encoded.data) / seconds:.0f} bit/s; "
-        f"raw codes {raw / seconds:.0f} bit/s; prior estimate {encoded.estimated_bits / seconds:.0f} bit/s)",
+        f"raw codes {codec.bitrate():.0f} bit/s; prior estimate {encoded.estimated_bits / seconds:.0f} bit/s)",
         soft_wrap=True,
     )
+
+
+def _prior_pair(prior_checkpoint: Path | None, bottom: Path | None, vqvae: Path | None, device: str):
+    """The prior for .vqa files (--prior, default the newest) and, for a two-level model, its bottom prior."""
+    from vqaudio.device import resolve_device
+    from vqaudio.prior import load_prior_pair
+
+    chosen = _checkpoint_or_newest(prior_checkpoint, "code_prior")
+    return load_prior_pair(chosen, resolve_device(device), bottom, vqvae, chosen=prior_checkpoint is None)
 
 
 @app.command()
@@ -171,10 +179,11 @@ def decode(
         str, typer.Option("--backend", help="auto, fast (fused CPU kernel), plain (PyTorch) or cuda-graph")
     ] = "auto",
     prior_checkpoint: PriorOpt = None,
+    bottom: BottomOpt = None,
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Turn codes (.npy or .vqa) back into audio with the WaveNet decoder (another --speaker converts the voice)."""
+    """Turn codes (.npy, .npz or .vqa) back into audio with the WaveNet decoder (another --speaker converts the voice)."""
     from vqaudio.codec import decode_file, load_codec, open_codes
     from vqaudio.device import resolve_device
     from vqaudio.progress import progress_bar
@@ -183,8 +192,10 @@ def decode(
     from vqaudio.bitstream import is_vqa
 
     if is_vqa(source):
-        codec, request = _open_vqa(source, target, checkpoint, prior_checkpoint, speaker, force, device)
+        codec, request = _open_vqa(source, target, checkpoint, prior_checkpoint, bottom, speaker, force, device)
     else:
+        if bottom is not None:
+            raise VQAudioError("--bottom: the bottom prior is for .vqa files of two-level codes")
         codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
         request = open_codes(codec, source, target, speaker, force)
     with progress_bar("decode", request.num_samples, "samples") as update:
@@ -459,24 +470,22 @@ def plot(
 
 
 def _open_vqa(
-    source: Path, target: Path, checkpoint: Path | None, prior_checkpoint: Path | None, speaker: str | None,
-    force: bool, device: str,
+    source: Path, target: Path, checkpoint: Path | None, prior_checkpoint: Path | None, bottom: Path | None,
+    speaker: str | None, force: bool, device: str,
 ):  # fmt: skip
-    """Entropy-decode a .vqa file into a DecodeRequest (the codes, speaker and length)."""
-    from vqaudio.bitstream import entropy_decode
+    """Entropy-decode a .vqa file into a DecodeRequest (the codes, top codes, speaker and length)."""
+    from vqaudio.bitstream import entropy_decode_levels
     from vqaudio.codec import DecodeRequest
-    from vqaudio.device import resolve_device
     from vqaudio.fileio import check_writable
-    from vqaudio.prior import load_prior
     from vqaudio.progress import progress_bar
 
     check_writable(target, force)
-    prior = load_prior(_checkpoint_or_newest(prior_checkpoint, "code_prior"), resolve_device(device), checkpoint)
+    prior, bottom_prior = _prior_pair(prior_checkpoint, bottom, checkpoint, device)
     data = source.read_bytes()
     with progress_bar("entropy-decode", None, "frames") as update:
-        codes, header = entropy_decode(prior, data, source, update)
+        codes, top, header = entropy_decode_levels(prior, data, source, update, bottom_prior)
     index = prior.codec.speaker_index(speaker) if speaker is not None else header.speaker_index
-    return prior.codec, DecodeRequest(codes, index, header.num_samples)
+    return prior.codec, DecodeRequest(codes, index, header.num_samples, top)
 
 
 @app.command()

@@ -123,8 +123,8 @@ def evaluate(
 
     With a `prior` (trained on this model's codes), every clip is also entropy-coded into a .vqa
     bitstream, and the report gives the prior's bits per code and the coded bitrate. For a
-    two-level model `prior` is the top prior and `bottom_prior` the bottom one: the report gives
-    the bits of both levels under them (teacher-forced; .vqa files code one-level models)."""
+    two-level model `prior` is the top prior and `bottom_prior` the bottom one: both levels are
+    coded, and the report gives each level's bits under its own prior."""
     options = options or EvalOptions()
     if not clips:
         raise VQAudioError(f"no clips to evaluate in {data_description}")
@@ -169,16 +169,18 @@ def evaluate(
         clip_nll = decoder_nll_bits(codec, clip.audio, speaker, n_q)
         nll_bits += clip_nll
         rows[-1]["nll_bits_per_sample"] = clip_nll / clip.audio.size
-        if prior is not None and bottom_prior is not None and top is not None:
-            bits_top, bits_bottom = prior_bits(prior, top, speaker), prior_bits(bottom_prior, codes, speaker, top)
-            top_bits += bits_top
-            estimated_bits += bits_bottom
-            rows[-1].update(prior_bits_top=bits_top, prior_bits_bottom=bits_bottom)
-        elif prior is not None:
-            encoded = entropy_encode(prior, codes, speaker, clip.audio.size)
+        if prior is not None:
+            encoded = entropy_encode(prior, codes, speaker, clip.audio.size, top=top, bottom_prior=bottom_prior)
             coded_bytes += len(encoded.data)
-            estimated_bits += encoded.estimated_bits
-            rows[-1].update(vqa_bytes=len(encoded.data), prior_bits_per_code=encoded.estimated_bits / codes.size)
+            rows[-1]["vqa_bytes"] = len(encoded.data)
+            if bottom_prior is not None and top is not None:  # each level's bits under its own prior
+                bits_top, bits_bottom = prior_bits(prior, top, speaker), prior_bits(bottom_prior, codes, speaker, top)
+                top_bits += bits_top
+                estimated_bits += bits_bottom
+                rows[-1].update(prior_bits_top=bits_top, prior_bits_bottom=bits_bottom)
+            else:
+                estimated_bits += encoded.estimated_bits
+                rows[-1]["prior_bits_per_code"] = encoded.estimated_bits / codes.size
         done += 1
         if on_progress:
             on_progress(done)
@@ -214,6 +216,7 @@ def evaluate(
             prior_bits_per_top_code=top_bits / total_top,
             prior_bits_per_bottom_code=estimated_bits / total_codes,
             prior_bitrate=(top_bits + estimated_bits) / seconds,
+            entropy_coded_bitrate=8 * coded_bytes / seconds,
         )
     elif prior is not None:
         total_codes = sum(c.size for c in all_codes)

@@ -61,9 +61,10 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     if "prior_bits_per_top_code" in model:
         console.print(
             f"under the priors: {model['prior_bitrate']:.0f} bit/s ({model['prior_bits_per_top_code']:.3f} bits per top code, "
-            f"{model['prior_bits_per_bottom_code']:.3f} per bottom code given the top; raw {model['bitrate']:.0f} bit/s)"
+            f"{model['prior_bits_per_bottom_code']:.3f} per bottom code given the top; raw {model['bitrate']:.0f} bit/s); "
+            f"entropy-coded .vqa files {model['entropy_coded_bitrate']:.0f} bit/s (headers included)"
         )
-    if "entropy_coded_bitrate" in model:
+    elif "entropy_coded_bitrate" in model:
         console.print(
             f"bitrate side by side: raw {model['bitrate']:.0f} bit/s ({math.log2(usage['codebook_size']):.0f} bits per code); "
             f"under the prior {model['prior_bitrate']:.0f} bit/s ({model['prior_bits_per_code']:.3f} bits per code); "
