@@ -138,8 +138,8 @@ def sample_prior_codes(
     speaker index, top codes [count, 1, frames / ratio] or None).
 
     For a two-level VQ-VAE `prior` is the top prior and `bottom` the bottom one: the top codes are
-    drawn first, then the bottom codes given them. `on_progress` counts bottom frames (top frames
-    count as `ratio` each, so the bar fills once over both levels)."""
+    drawn first, then the bottom codes given them. `on_progress` counts up to `frames` once over
+    both levels: the top codes fill the first half, the bottom codes the second."""
     if seconds <= 0:
         raise VQAudioError(f"--seconds {seconds}: must be positive")
     if count < 1:
