@@ -95,6 +95,10 @@ def test_two_level_recipe_errors(change, message):
         del data["data"]
     with pytest.raises(VQAudioError, match=message):
         validate_recipe(data, "r.yaml")
+
+
+def test_two_level_crops_are_whole_top_frames():
+    validate_recipe(two_level_dict(), "r.yaml")  # 512 samples: 16 top frames of 32
     crop = two_level_dict()
     crop["data"]["crop_samples"] = 8 * 10  # a whole number of bottom frames, not of top frames
     with pytest.raises(VQAudioError, match="multiple of 32, the samples per top code"):
