@@ -68,10 +68,9 @@ def load_prior(checkpoint: str | Path, device: torch.device, vqvae: str | Path |
             f"{meta['vqvae_fingerprint']}; pass --vqvae with that model's checkpoint"
         )
     assert recipe.prior is not None
-    condition = int(meta.get("condition_codes") or 0)
-    model = build_prior_model(
-        recipe.prior, int(meta["codebook_size"]), int(meta["n_q"]), len(meta["speakers"]), condition, int(meta.get("ratio", 1))
-    )
+    condition = int(meta.get("condition_codes") or 0)  # a bottom prior: top codes, one per `ratio` frames
+    ratio = int(meta.get("ratio", 1)) if condition else 1
+    model = build_prior_model(recipe.prior, int(meta["codebook_size"]), int(meta["n_q"]), len(meta["speakers"]), condition, ratio)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
