@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from vqaudio.models.audio_vqvae import AudioVQVAE
-from vqaudio.models.code_prior import sample_codes
+from vqaudio.generation.code_prior import sample_codes
+from vqaudio.generation.decode import decode
 from vqaudio.recipe import load_recipe
-from vqaudio.tasks.code_prior import build_prior_model
+from vqaudio.models.build import build_audio_vqvae, build_code_prior
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SPEAKERS = 4
@@ -35,12 +35,12 @@ def timed(function):
 
 def warm_up(speakers: torch.Tensor) -> None:
     """Compile the fused CPU kernels (numba) once, outside the timed runs."""
-    model = AudioVQVAE(load_recipe(RECIPES / "demo.yaml").model, SPEAKERS).eval()
+    model = build_audio_vqvae(load_recipe(RECIPES / "demo.yaml").model, SPEAKERS).eval()
     prior_recipe = load_recipe(RECIPES / "demo_prior.yaml").prior
     assert prior_recipe is not None
-    sample_codes(build_prior_model(prior_recipe, 8, 1, SPEAKERS).eval(), 8, speakers)
+    sample_codes(build_code_prior(prior_recipe, 8, 1, SPEAKERS).eval(), 8, speakers)
     with torch.inference_mode():
-        model.decode(torch.zeros(speakers.shape[0], 1, 4, dtype=torch.long), speakers)
+        decode(model, torch.zeros(speakers.shape[0], 1, 4, dtype=torch.long), speakers)
 
 
 def main() -> None:
@@ -56,27 +56,27 @@ def main() -> None:
     audio_seconds = args.seconds * args.batch
     figures: dict[str, float | bool] = {}
 
-    one = AudioVQVAE(load_recipe(RECIPES / "demo.yaml").model, SPEAKERS).eval()
+    one = build_audio_vqvae(load_recipe(RECIPES / "demo.yaml").model, SPEAKERS).eval()
     prior_recipe = load_recipe(RECIPES / "demo_prior.yaml")
     assert prior_recipe.prior is not None
-    prior = build_prior_model(prior_recipe.prior, one.codebook_size, 1, SPEAKERS).eval()
+    prior = build_code_prior(prior_recipe.prior, one.codebook_size, 1, SPEAKERS).eval()
     frames = int(args.seconds * 16000) // one.hop
     codes, t_prior = timed(lambda: sample_codes(prior, frames, speakers))
     with torch.inference_mode():
-        _, t_decode = timed(lambda: one.decode(codes, speakers))
+        _, t_decode = timed(lambda: decode(one, codes, speakers))
     figures.update(one_level_prior_s=t_prior / audio_seconds, one_level_decode_s=t_decode / audio_seconds)
 
-    two = AudioVQVAE(load_recipe(RECIPES / "demo_vqvae2.yaml").model, SPEAKERS).eval()
+    two = build_audio_vqvae(load_recipe(RECIPES / "demo_vqvae2.yaml").model, SPEAKERS).eval()
     top_recipe = load_recipe(RECIPES / "demo_vqvae2_top_prior.yaml").prior
     bottom_recipe = load_recipe(RECIPES / "demo_vqvae2_bottom_prior.yaml").prior
     assert top_recipe is not None and bottom_recipe is not None and two.top_codebook_size is not None
-    top_prior = build_prior_model(top_recipe, two.top_codebook_size, 1, SPEAKERS).eval()
-    bottom_prior = build_prior_model(bottom_recipe, two.codebook_size, 1, SPEAKERS, two.top_codebook_size, two.ratio).eval()
+    top_prior = build_code_prior(top_recipe, two.top_codebook_size, 1, SPEAKERS).eval()
+    bottom_prior = build_code_prior(bottom_recipe, two.codebook_size, 1, SPEAKERS, two.top_codebook_size, two.ratio).eval()
     frames = int(args.seconds * 16000) // (two.hop * two.ratio) * two.ratio
     top, t_top = timed(lambda: sample_codes(top_prior, frames // two.ratio, speakers))
     bottom, t_bottom = timed(lambda: sample_codes(bottom_prior, frames, speakers, top=top))
     with torch.inference_mode():
-        _, t_decode2 = timed(lambda: two.decode(bottom, speakers, top=top))
+        _, t_decode2 = timed(lambda: decode(two, bottom, speakers, top=top))
         greedy = sample_codes(bottom_prior, frames, speakers, temperature=0, top=top)
         full = bottom_prior.log_probs(greedy, speakers, top).argmax(-1)
     figures.update(

@@ -27,9 +27,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from vqaudio.models.audio_vqvae import AudioVQVAE
+from vqaudio.models.build import build_audio_vqvae
 from vqaudio.recipe import load_recipe
-from vqaudio.train.checkpoint import model_fingerprint, save_checkpoint
+from vqaudio.formats.checkpoint import model_fingerprint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000
@@ -54,7 +54,7 @@ def encoder_speed(channels: int, seconds: int = 60) -> tuple[float, float]:
 def write_checkpoint(recipe_path: Path, folder: Path, overrides: list[str]) -> Path:
     recipe = load_recipe(recipe_path, overrides)
     torch.manual_seed(0)
-    model = AudioVQVAE(recipe.model, num_speakers=4)
+    model = build_audio_vqvae(recipe.model, 4)
     state = {k: v for k, v in model.state_dict().items()}
     path = folder / f"{recipe.name}.pt"
     save_checkpoint(path, {

@@ -28,7 +28,7 @@ def reference_decoder() -> WaveNet:
     torch.manual_seed(0)
     return WaveNet(
         num_classes=256, residual_channels=64, gate_channels=128, skip_channels=128,
-        layers=20, stacks=2, kernel_size=2, cond_channels=64, global_channels=16, cond_hop=64,
+        layers=20, stacks=2, kernel_size=2, cond_channels=64, global_channels=16, hop=64,
     ).eval()  # fmt: skip
 
 

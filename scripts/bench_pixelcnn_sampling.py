@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from vqaudio.image_codec import sample_image_codes_full
+from vqaudio.generation.pixelcnn import sample_image_codes_full
 from vqaudio.models.pixelcnn import GatedPixelCNN
-from vqaudio.models.pixelcnn_sampling import sample_pixelcnn
+from vqaudio.generation.pixelcnn import sample_pixelcnn
 
 CASES = [
     # name, side, layers, channels, options

@@ -27,7 +27,7 @@ import torch
 from vqaudio.data.corpus import heldout_split, prepare_corpus
 from vqaudio.recipe import load_recipe
 from vqaudio.tasks import build_setup
-from vqaudio.train.trainer import Trainer
+from vqaudio.train.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # every variant sets both keys: the demo recipe itself enables k-means and restarts

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from vqaudio.train.checkpoint import list_checkpoints, load_checkpoint
+from vqaudio.formats.checkpoint import list_checkpoints, load_checkpoint
 
 
 def run(command: list[str], threads: int | None = None) -> float:

@@ -80,7 +80,8 @@ def encode_path(name: str) -> Callable[[Path, Path], list[str]]:
 def good_codes(folder: Path, checkpoint: Path) -> tuple[np.ndarray, dict]:
     """Encode a real clip once per folder; return its codes and sidecar."""
     if not (folder / "good.npy").exists():
-        from vqaudio.codec import encode_file, load_codec
+        from vqaudio.inference.codec import encode_file
+        from vqaudio.inference.load import load_codec
 
         (folder / "good.wav").write_bytes(wav_bytes(tone()))
         encode_file(load_codec(checkpoint, torch.device("cpu")), folder / "good.wav", folder / "good.npy")
@@ -229,9 +230,9 @@ BAD_INPUTS: list[BadInput] = [
     BadInput("a missing sidecar", decode_codes(sidecar=lambda s: None), "in.npy.json: missing", "out.wav"),
     BadInput("a sidecar that is not JSON", decode_codes(sidecar=lambda s: b"{oops"), "in.npy.json: not valid JSON", "out.wav"),
     BadInput("a sidecar with a field removed", decode_codes(sidecar=lambda s: {k: v for k, v in s.items() if k != "hop"}), "missing hop", "out.wav"),
-    BadInput("a sidecar with a field of the wrong type", decode_codes(sidecar=lambda s: {**s, "num_samples": "4000"}), "num_samples has the wrong type", "out.wav"),
+    BadInput("a sidecar with a field of the wrong type", decode_codes(sidecar=lambda s: {**s, "num_samples": "4000"}), "num_samples = '4000' has the wrong type", "out.wav"),
     BadInput("a sidecar whose length disagrees with the codes", decode_codes(sidecar=lambda s: {**s, "num_samples": 16}), "the files do not belong together", "out.wav"),
-    BadInput("codes from another model", decode_codes(sidecar=lambda s: {**s, "fingerprint": "0123456789abcdef"}), "made by model 0123456789abcdef", "out.wav"),
+    BadInput("codes from another model", decode_codes(sidecar=lambda s: {**s, "fingerprint": "0123456789abcdef"}), "made by model '0123456789abcdef'", "out.wav"),
     BadInput("a codes path that does not exist", lambda f, c: ["decode", str(f / "none.npy"), str(f / "out.wav"), "-c", str(c)], "none.npy: no such codes file", "out.wav"),
     # checkpoints
     BadInput("a truncated checkpoint", checkpoint_file("truncated"), "not a readable checkpoint", "out.wav"),

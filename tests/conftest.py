@@ -9,8 +9,23 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import settings
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Real recordings and images: $VQAUDIO_TEST_DATA, by default ../shared/data beside the project.
+SHARED = Path(os.environ.get("VQAUDIO_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+# Property tests: CI runs a fixed, derandomised profile (the same examples every run, so a pass
+# cannot flip); `HYPOTHESIS_PROFILE=explore` runs twenty times as many random examples locally.
+# Every example that ever failed is pinned with @example beside its test.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, deadline=None, print_blob=True)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(PROFILE)
+
+
+def examples(count: int) -> int:
+    """A property test's number of examples under the active profile."""
+    return count * (20 if PROFILE == "explore" else 1)
 
 TINY: dict[str, Any] = {
     "name": "tiny",
@@ -71,7 +86,7 @@ def tiny_recipe_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED.is_dir():
-        pytest.skip(f"real test data not found at {SHARED} (it sits beside the project in CI)")
+        pytest.skip(f"real test data not found at {SHARED} (set VQAUDIO_TEST_DATA; CI has ../shared/data)")
     return SHARED
 
 
@@ -84,6 +99,10 @@ def invoke(*args: str):
     result = CliRunner().invoke(app, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: a long test (trains several models); deselect with -m 'not slow'")
 
 
 @pytest.fixture(scope="session")

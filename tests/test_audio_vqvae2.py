@@ -12,10 +12,14 @@ import soundfile as sf
 import torch
 import yaml
 
-from vqaudio.codec import encode_audio, load_codec, read_code_levels
+from vqaudio.generation.decode import iter_decode
+from vqaudio.formats.codes import read_code_levels
+from vqaudio.inference.load import load_codec
+from vqaudio.models.streaming import encode_audio
 from vqaudio.errors import VQAudioError
 from vqaudio.models.audio_vqvae import AudioVQVAE
-from vqaudio.prior import load_prior
+from vqaudio.models.build import build_audio_vqvae
+from vqaudio.inference.load import load_prior
 from vqaudio.recipe import validate_recipe
 
 from conftest import invoke, run_main, tiny_dict
@@ -29,7 +33,7 @@ def two_level_dict(**model) -> dict:
 
 def make_model() -> AudioVQVAE:
     torch.manual_seed(0)
-    return AudioVQVAE(validate_recipe(two_level_dict(), "t").model, num_speakers=2)
+    return build_audio_vqvae(validate_recipe(two_level_dict(), "t").model, 2)
 
 
 def test_two_level_codes_have_two_rates_and_gradients_reach_both_encoders():
@@ -62,13 +66,13 @@ def test_bottom_codes_and_decoder_depend_on_the_top_level():
     b = model.latent_conditioning(bottom, 0, 64, other_top)
     assert not torch.allclose(a, b)  # the decoder is conditioned on both levels
     with pytest.raises(ValueError, match="top codes must be given"):
-        next(model.iter_decode(bottom, torch.tensor([0])))
+        next(iter_decode(model, bottom, torch.tensor([0])))
     with pytest.raises(ValueError, match="top frames"):
-        next(model.iter_decode(bottom, torch.tensor([0]), top=top[..., :3]))
+        next(iter_decode(model, bottom, torch.tensor([0]), top=top[..., :3]))
 
 
 def test_eval_decoder_nll_is_the_training_nll_in_bits():
-    from vqaudio.codec import Codec
+    from vqaudio.inference.load import Codec
     from vqaudio.evaluation.evaluate import decoder_nll_bits
 
     model = make_model().eval()
@@ -156,14 +160,14 @@ def test_encode_writes_npz_with_both_levels_and_decode_restores_the_length(two_l
     assert code == 2 and "two-level model, whose codes are written as a .npz" in output and "c.npz" in output
     invoke("encode", str(work / "clip.wav"), str(tmp_path / "c.npz"), "-c", vq)
     codes, top, side = read_code_levels(tmp_path / "c.npz")
-    assert side["version"] == 2 and side["ratio"] == 4 and side["top"] == {"codebook_size": 16, "hop": 32, "frames": 175}
+    assert side.version == 2 and side.ratio == 4 and side.top.model_dump() == {"codebook_size": 16, "hop": 32, "frames": 175}
     assert codes.shape == (1, 700) and top.shape == (1, 175)  # 5,600 samples: 700 frames of 8, 175 of 32
-    assert side["bitrate"] == pytest.approx(1000 * 5 + 250 * 4)
+    assert side.bitrate == pytest.approx(1000 * 5 + 250 * 4)
     plain = np.load(tmp_path / "c.npz", allow_pickle=False)  # readable with plain NumPy
     assert np.array_equal(plain["top"], top[0]) and np.array_equal(plain["bottom"], codes[0])
     codec = load_codec(found["tiny2"], torch.device("cpu"))
     audio, _ = sf.read(work / "clip.wav", dtype="float32")
-    direct = encode_audio(codec, audio)
+    direct = encode_audio(codec.model, audio)
     assert np.array_equal(direct[0], codes) and np.array_equal(direct[1], top)
     for name in ("a.wav", "b.wav"):
         invoke("decode", str(tmp_path / "c.npz"), str(tmp_path / name), "-c", vq, "--temperature", "0")
@@ -177,25 +181,25 @@ def test_encode_writes_npz_with_both_levels_and_decode_restores_the_length(two_l
     assert (tmp_path / "as0.wav").read_bytes() == (tmp_path / "d0.wav").read_bytes()
     # one-level codes given to a two-level model, and damaged two-level files: one-line errors
     np.save(tmp_path / "one.npy", codes[0])
-    (tmp_path / "one.npy.json").write_text(json.dumps({**side, "version": 1, "n_q": 1}))
+    (tmp_path / "one.npy.json").write_text(json.dumps({**side.model_dump(mode="json"), "version": 1, "n_q": 1}))
     code, output = run_main(capsys, "decode", str(tmp_path / "one.npy"), str(tmp_path / "x.wav"), "-c", vq)
     assert code == 2 and "holds one-level codes but" in output
     np.savez(tmp_path / "bad.npz", bottom=codes[0], top=top[0][:-1])
-    (tmp_path / "bad.npz.json").write_text(json.dumps(side))
+    (tmp_path / "bad.npz.json").write_text(side.to_json())
     code, output = run_main(capsys, "decode", str(tmp_path / "bad.npz"), str(tmp_path / "x.wav"), "-c", vq)
     assert code == 2 and "174 top frames but the sidecar says 175" in output
     np.savez_compressed(tmp_path / "packed.npz", bottom=codes[0], top=top[0])
-    (tmp_path / "packed.npz.json").write_text(json.dumps(side))
+    (tmp_path / "packed.npz.json").write_text(side.to_json())
     code, output = run_main(capsys, "decode", str(tmp_path / "packed.npz"), str(tmp_path / "x.wav"), "-c", vq)
     assert code == 2 and "is compressed" in output
     (tmp_path / "cut.npz").write_bytes((tmp_path / "c.npz").read_bytes()[:300])
-    (tmp_path / "cut.npz.json").write_text(json.dumps(side))
+    (tmp_path / "cut.npz.json").write_text(side.to_json())
     code, output = run_main(capsys, "decode", str(tmp_path / "cut.npz"), str(tmp_path / "x.wav"), "-c", vq)
     assert code == 2 and "cut.npz: not a two-level codes file (not a .npz archive)" in output
     data = bytearray((tmp_path / "c.npz").read_bytes())
     data[data.index(b"\x93NUMPY") + 300] ^= 0x40  # a code inside the first member: the zip CRC catches it
     (tmp_path / "flip.npz").write_bytes(bytes(data))
-    (tmp_path / "flip.npz.json").write_text(json.dumps(side))
+    (tmp_path / "flip.npz.json").write_text(side.to_json())
     code, output = run_main(capsys, "decode", str(tmp_path / "flip.npz"), str(tmp_path / "x.wav"), "-c", vq)
     assert code == 2 and "flip.npz: not a readable two-level codes file (Bad CRC-32" in output
 
@@ -211,8 +215,8 @@ def test_sample_draws_top_then_bottom_and_repeats_under_a_seed(two_level_run, tm
         os.chdir(old)
     for i in range(2):
         codes, top, side = read_code_levels(tmp_path / "a" / f"demo1_seed3_{i}.npz")
-        assert codes.shape == (1, 300) and top.shape == (1, 75) and side["num_samples"] == 2400
-        assert str(found["top"]) in side["source"] and str(found["bottom"]) in side["source"]
+        assert codes.shape == (1, 300) and top.shape == (1, 75) and side.num_samples == 2400
+        assert str(found["top"]) in side.source and str(found["bottom"]) in side.source
         audio, rate = sf.read(tmp_path / "a" / f"demo1_seed3_{i}.wav")
         assert audio.shape == (2400,) and rate == 8000
         again = tmp_path / "b" / f"demo1_seed3_{i}.wav"
@@ -283,7 +287,7 @@ def test_info_and_level_errors(two_level_run, trained, tmp_path, capsys):
 
 
 def test_bottom_prior_batches_pair_each_crop_with_the_top_codes_above_it():
-    from vqaudio.code_corpus import CodeCorpus
+    from vqaudio.tasks.code_corpus import CodeCorpus
     from vqaudio.models.code_prior import IGNORE
     from vqaudio.tasks.code_prior import code_batch, top_level_view
 

@@ -7,12 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from vqaudio.bitstream import HEADER_SIZE, entropy_decode, entropy_encode, is_vqa, parse_vqa
+from vqaudio.formats.vqa import HEADER_SIZE, is_vqa, parse_vqa
+from vqaudio.inference.entropy import entropy_decode, entropy_encode
 from vqaudio.errors import VQAudioError
 from vqaudio.models.code_prior import CodePrior
-from vqaudio.prior import Prior
+from vqaudio.formats.metadata import CodePriorMetadata
+from vqaudio.inference.load import Prior
 
 K = 32
+
+
+def prior_metadata(codebook_size: int, n_q: int, level: str | None = None) -> CodePriorMetadata:
+    return CodePriorMetadata(speakers=["a", "b"], sample_rate=8000, hop=8, codebook_size=codebook_size, n_q=n_q, level=level,
+                             vqvae_checkpoint="vq.pt", vqvae_fingerprint="v" * 16)  # fmt: skip
 
 
 def tiny_prior(n_q: int, fingerprint: str = "p" * 16) -> Prior:
@@ -24,12 +31,12 @@ def tiny_prior(n_q: int, fingerprint: str = "p" * 16) -> Prior:
             p.add_(0.5 * torch.randn_like(p))
     codec = SimpleNamespace(fingerprint="v" * 16, sample_rate=8000, hop=8, codebook_size=K, n_q=n_q, two_level=False, ratio=1,
                             speakers=["a", "b"])
-    return Prior(model, codec, Path("prior.pt"), fingerprint, 10, {})
+    return Prior(model, codec, Path("prior.pt"), fingerprint, 10, {}, prior_metadata(K, n_q), None)
 
 
 def likely_codes(prior: Prior, frames: int, seed: int) -> np.ndarray:
     """Codes drawn from the prior itself, so that their cost is about its entropy."""
-    from vqaudio.models.code_prior import sample_codes
+    from vqaudio.generation.code_prior import sample_codes
 
     g = torch.Generator().manual_seed(seed)
     return sample_codes(prior.model, frames, torch.tensor([1]), generator=g)[0].numpy()
@@ -114,7 +121,7 @@ def test_flipped_payload_bits_are_caught(good_file):
 
 def test_a_file_from_another_prior_is_refused(good_file, tmp_path):
     _, data = good_file
-    with pytest.raises(VQAudioError, match="coded with prior pppppppppppppppp"):
+    with pytest.raises(VQAudioError, match="coded with prior 'pppppppppppppppp'"):
         entropy_decode(tiny_prior(1, fingerprint="q" * 16), data, Path("x.vqa"))
     path = tmp_path / "f.vqa"
     path.write_bytes(data)
@@ -127,7 +134,7 @@ def test_an_absurd_length_is_refused_before_allocating(good_file):
     import struct
     import zlib
 
-    from vqaudio.bitstream import _LAYOUT
+    from vqaudio.formats.vqa import _LAYOUT
 
     prior, data = good_file
     fields = list(_LAYOUT.unpack(data[: _LAYOUT.size]))
@@ -153,13 +160,14 @@ def two_level_priors() -> tuple[Prior, Prior]:
             p.add_(0.5 * torch.randn_like(p))
     codec = SimpleNamespace(fingerprint="v" * 16, sample_rate=8000, hop=8, codebook_size=K, n_q=1, two_level=True,
                             ratio=RATIO, speakers=["a", "b"], checkpoint=Path("vq.pt"))  # fmt: skip
-    return (Prior(top, codec, Path("top.pt"), "t" * 16, 10, {}, {"level": "top"}),
-            Prior(bottom, codec, Path("bottom.pt"), "b" * 16, 10, {}, {"level": "bottom"}))  # fmt: skip
+    return (Prior(top, codec, Path("top.pt"), "t" * 16, 10, {}, prior_metadata(TOP_K, 1, "top"), None),
+            Prior(bottom, codec, Path("bottom.pt"), "b" * 16, 10, {}, prior_metadata(K, 1, "bottom"), None))  # fmt: skip
 
 
 def test_two_level_codes_round_trip_in_version_2_files():
-    from vqaudio.bitstream import HEADER_SIZE_LEVELS, entropy_decode_levels
-    from vqaudio.models.code_prior import sample_codes
+    from vqaudio.formats.vqa import HEADER_SIZE_LEVELS
+    from vqaudio.inference.entropy import entropy_decode_levels
+    from vqaudio.generation.code_prior import sample_codes
 
     top_prior, bottom_prior = two_level_priors()
     g = torch.Generator().manual_seed(1)
@@ -180,12 +188,12 @@ def test_two_level_codes_round_trip_in_version_2_files():
     assert encoded.estimated_bits == pytest.approx(nll, rel=1e-4)
     assert 8 * (len(encoded.data) - HEADER_SIZE_LEVELS) <= 1.01 * encoded.estimated_bits + 64
     # the wrong bottom prior, a missing one, and a one-level reader are refused; so is damage
-    other = Prior(bottom_prior.model, bottom_prior.codec, Path("o.pt"), "o" * 16, 1, {}, {"level": "bottom"})
-    with pytest.raises(VQAudioError, match="coded with bottom prior bbbbbbbbbbbbbbbb"):
+    other = Prior(bottom_prior.model, bottom_prior.codec, Path("o.pt"), "o" * 16, 1, {}, prior_metadata(K, 1, "bottom"), None)
+    with pytest.raises(VQAudioError, match="coded with bottom prior 'bbbbbbbbbbbbbbbb'"):
         entropy_decode_levels(top_prior, encoded.data, Path("x.vqa"), bottom_prior=other)
     with pytest.raises(VQAudioError, match="a top prior; two-level codes are coded with its bottom prior too"):
         entropy_decode_levels(top_prior, encoded.data, Path("x.vqa"))
-    with pytest.raises(VQAudioError, match="coded with prior tttttttttttttttt, but bottom.pt"):
+    with pytest.raises(VQAudioError, match="coded with prior 'tttttttttttttttt', but bottom.pt"):
         entropy_decode_levels(bottom_prior, encoded.data, Path("x.vqa"), bottom_prior=bottom_prior)
     with pytest.raises(VQAudioError, match="a bottom prior; give the top prior"):
         entropy_encode(bottom_prior, codes, 1, 960, top=top, bottom_prior=bottom_prior)

@@ -112,7 +112,7 @@ def test_cosine_codebook_has_unit_rows_and_ignores_scale():
 
 def test_residual_error_falls_as_codebooks_are_added():
     torch.manual_seed(0)
-    rvq = ResidualVectorQuantizer(n_q=4, num_codes=16, dim=8, init="kmeans", init_batches=1)
+    rvq = ResidualVectorQuantizer(n_q=4, codebook_size=16, dim=8, init="kmeans", init_batches=1)
     data = torch.randn(4, 8, 256)
     for _ in range(20):
         rvq(data)
@@ -127,7 +127,7 @@ def test_residual_error_falls_as_codebooks_are_added():
 def test_quantizer_dropout_trains_examples_on_fewer_codebooks():
     torch.manual_seed(0)
     # loss-trained codebooks, so the forward pass does not move them before we look them up
-    rvq = ResidualVectorQuantizer(n_q=4, dropout=True, num_codes=8, dim=4, init="random", update="loss")
+    rvq = ResidualVectorQuantizer(n_q=4, dropout=True, codebook_size=8, dim=4, init="random", update="loss")
     z = torch.randn(64, 4, 10)
     out = rvq(z)
     # the training output of an example equals the sum of its first k codes for some k in 1..4
@@ -143,7 +143,7 @@ def test_quantizer_dropout_trains_examples_on_fewer_codebooks():
 
 
 def test_gradient_reaches_the_encoder_through_residual_levels():
-    rvq = ResidualVectorQuantizer(n_q=3, dropout=True, num_codes=8, dim=4, init="random", update="loss")
+    rvq = ResidualVectorQuantizer(n_q=3, dropout=True, codebook_size=8, dim=4, init="random", update="loss")
     encoder = torch.nn.Conv1d(1, 4, 3, padding=1)
     out = rvq(encoder(torch.randn(8, 1, 20)))
     (out.quantized.pow(2).sum() + out.loss).backward()

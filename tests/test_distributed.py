@@ -18,9 +18,10 @@ import yaml
 
 from vqaudio.recipe import validate_recipe
 from vqaudio.tasks import build_setup
-from vqaudio.train.checkpoint import list_checkpoints, load_checkpoint
-from vqaudio.train.run import resume_recipe, train
-from vqaudio.train.trainer import Shard, Trainer, autocast_dtype
+from vqaudio.formats.checkpoint import list_checkpoints, load_checkpoint
+from vqaudio.tasks.run import resume_recipe, train
+from vqaudio.train.loop import Trainer, autocast_dtype
+from vqaudio.train.setup import Shard
 
 from conftest import tiny_dict
 
@@ -148,13 +149,24 @@ def test_bf16_autocast_computes_in_bf16_but_quantises_and_stores_in_fp32(tmp_pat
     assert autocast_dtype("fp32", torch.device("cuda")) is None
     trainer = trainer_for(tmp_path, "bf16", steps=2, batch_size=2, precision="bf16")
     batch = trainer.setup.train_batch(0, Shard(2, 0, 2))
-    with trainer._autocast():
+    with trainer.autocast():
         z = trainer.model.encoder(batch["audio"][:, None])
         quantized = trainer.model.quantizer(z)
     assert z.dtype == torch.bfloat16 and quantized.quantized.dtype == torch.float32
+    fp32 = trainer_for(tmp_path, "fp32", steps=2, batch_size=2)
+    start = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    assert max_difference(start, dict(fp32.model.named_parameters())) == 0  # the same initial weights
     trainer.run()
+    fp32.run()
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
-    assert torch.isfinite(torch.tensor(trainer.last_valid["loss"]))
+    # bf16 trains the model fp32 trains, up to rounding: the weights move as far, the same way (but the
+    # run did compute in bf16: not bit for bit), and the validation loss agrees closely.
+    after_bf16, after_fp32 = dict(trainer.model.named_parameters()), dict(fp32.model.named_parameters())
+    move_bf16 = torch.cat([(after_bf16[k] - start[k]).detach().flatten() for k in start])
+    move_fp32 = torch.cat([(after_fp32[k] - start[k]).detach().flatten() for k in start])
+    assert move_fp32.norm() > 0.1 and (move_bf16 - move_fp32).norm() < 0.5 * move_fp32.norm()
+    assert max_difference(after_bf16, after_fp32) > 0
+    assert trainer.last_valid["loss"] == pytest.approx(fp32.last_valid["loss"], rel=1e-2)
 
 
 def test_compiled_training_step_matches_eager(tmp_path):
@@ -200,7 +212,7 @@ KILLED_WHILE_WRITING = textwrap.dedent(
     import io, os, sys, time
     from pathlib import Path
     import torch
-    from vqaudio.train.run import resume_recipe, train
+    from vqaudio.tasks.run import resume_recipe, train
 
     real_save = torch.save
 
@@ -241,3 +253,25 @@ def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_intact(tmp_p
     assert load_checkpoint(first.checkpoint)["step"] == 2
     resumed = train(resume_recipe(first.run_dir, ["train.steps=4"]), CPU, first.run_dir, show_progress=False)
     assert resumed.step == 4 and not partial.exists()  # the resumed run cleared the leftover
+
+
+def test_the_unused_parameter_probe_restores_the_cuda_generator_too(monkeypatch):
+    """The probe runs a training step on a copy; on a GPU it draws from CUDA's generator as well,
+    which must be put back (the GPU is faked here: its generator state is a counter)."""
+    from vqaudio.train import distributed as dist_module
+
+    cuda_state = {"value": torch.tensor([7], dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: cuda_state["value"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: cuda_state.update(value=state.clone()))
+
+    def probe_step(model):
+        cuda_state["value"] = torch.tensor([99], dtype=torch.uint8)  # the step advanced the GPU's generator
+        torch.rand(3)  # and the CPU's
+        return model(torch.ones(1, 2)).sum()
+
+    model = torch.nn.Linear(2, 1)
+    cpu_before = torch.get_rng_state()
+    unused = dist_module.has_unused_parameters(model, probe_step, torch.device("cuda", 0))
+    assert unused is False
+    assert int(cuda_state["value"][0]) == 7
+    assert torch.equal(torch.get_rng_state(), cpu_before)

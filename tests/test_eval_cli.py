@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +55,18 @@ def test_eval_json_schema_and_summaries(trained, tmp_path):
                 assert summary["std"] == pytest.approx(np.std(values))
     model = report["systems"][0]
     assert model["bitrate"] == pytest.approx(8000 / 8 * 5)  # hop 8 at 8 kHz, K = 32
+    # Codebook usage is that of the clips' codes, as `vqaudio encode` gives them, counted here.
+    histogram = np.zeros(32, dtype=np.int64)
+    for clip in sorted(clips.glob("*.wav")):
+        invoke("encode", str(clip), str(tmp_path / f"{clip.stem}.npy"), "-c", str(checkpoint))
+        histogram += np.bincount(np.load(tmp_path / f"{clip.stem}.npy").ravel(), minlength=32)
+    probs = histogram[histogram > 0] / histogram.sum()
+    entropy = float(-(probs * np.log2(probs)).sum())
     usage = report["codebook_usage"]
-    assert usage["frames"] == 2 * 1000 and 1 <= usage["codes_used"] <= 32
-    assert 1 <= usage["perplexity"] <= usage["codes_used"] + 1e-9
+    assert usage["frames"] == histogram.sum() == 2 * 1000
+    assert usage["codes_used"] == np.count_nonzero(histogram)
+    assert usage["entropy"] == pytest.approx(entropy, abs=1e-6)
+    assert usage["perplexity"] == pytest.approx(2.0**entropy, abs=1e-6)
     # The table names each system and metric; audio for listening was written.
     for heading, _ in METRICS.values():
         assert heading in result.output
@@ -95,11 +105,22 @@ def test_eval_reports_skipped_metrics_and_baselines(trained, tmp_path, monkeypat
 
     real_find_spec = metrics.importlib.util.find_spec
     monkeypatch.setattr(metrics.importlib.util, "find_spec", lambda n: None if n == "pystoi" else real_find_spec(n))
+    for name in [m for m in sys.modules if m == "pystoi" or m.startswith("pystoi.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pystoi", None)  # `import pystoi` now raises ImportError: really missing
     monkeypatch.setattr(baselines.shutil, "which", lambda tool: None)
     _, checkpoint = trained
-    result = invoke("eval", "-c", str(checkpoint), "--data", str(write_clips(tmp_path / "c", 1)))
+    report_path = tmp_path / "r.json"
+    result = invoke("eval", "-c", str(checkpoint), "--data", str(write_clips(tmp_path / "c", 1)), "--json", str(report_path))
     assert "skipped STOI: the 'pystoi' package is not installed" in result.output
     assert "opus 6 kbps: opusenc, opusdec not on PATH (Debian: apt install opus-tools)" in result.output
+    # No STOI was computed: none in any row, "-" in the table; the other metrics still were.
+    report = json.loads(report_path.read_text())
+    assert set(report["skipped_metrics"]) == {"stoi"}
+    assert report["clips"] and all(row["stoi"] is None and row["si_snr"] is not None for row in report["clips"])
+    assert report["systems"][0]["summary"]["stoi"]["n"] == 0
+    (stoi_row,) = [line for line in result.output.splitlines() if "STOI ↑" in line]
+    assert stoi_row.replace("│", " ").split()[-1] == "-"
 
 
 @pytest.mark.parametrize(

@@ -18,13 +18,13 @@ def make_net(kernel_size=2, cond=True, speaker=True, hop=4, classes=32):
     torch.manual_seed(0)
     return WaveNet(
         num_classes=classes, residual_channels=8, gate_channels=16, skip_channels=12, layers=6, stacks=2,
-        kernel_size=kernel_size, cond_channels=5 if cond else 0, global_channels=3 if speaker else 0, cond_hop=hop,
+        kernel_size=kernel_size, cond_channels=5 if cond else 0, global_channels=3 if speaker else 0, hop=hop,
     ).eval()  # fmt: skip
 
 
 def conditioning(net, batch, length, seed=1):
     gen = torch.Generator().manual_seed(seed)
-    c = torch.randn(batch, 5, length // net.cond_hop, generator=gen) if net.cond_proj is not None else None
+    c = torch.randn(batch, 5, length // net.hop, generator=gen) if net.cond_proj is not None else None
     g = torch.randn(batch, 3, generator=gen) if net.global_proj is not None else None
     return c, g
 

@@ -57,9 +57,29 @@ def test_spectral_distances_grow_with_noise(speech):
 def test_mel_filterbank_shape_and_unit_area():
     bank = metrics.mel_filterbank(SR, 1024, 80)
     assert bank.shape == (80, 513)
-    assert np.allclose(bank.sum(axis=1), 1.0)
-    peaks = bank.argmax(axis=1)
-    assert np.all(np.diff(peaks) >= 0) and peaks[-1] > peaks[0]
+    assert bank.min() >= 0.0
+    # Unit area (the docstring's promise): a flat power spectrum gives every band the same power.
+    np.testing.assert_allclose(np.ones(513) @ bank.T, np.ones(80), rtol=0, atol=1e-6)
+    # Each filter is one contiguous run of bins; together they tile 0 Hz to Nyquist without gaps.
+    support = [np.flatnonzero(row) for row in bank]
+    assert all(np.all(np.diff(bins) == 1) for bins in support)
+    assert support[0][0] <= 1 and support[-1][-1] >= 511
+    assert all(a[-1] >= b[0] for a, b in zip(support, support[1:]))  # neighbours overlap
+    # Centres (weighted mean frequency of each filter) rise strictly, spaced wider at the top (mel).
+    centres = bank @ np.fft.rfftfreq(1024, 1.0 / SR) / bank.sum(axis=1)
+    assert np.all(np.diff(centres) > 0)
+    assert np.diff(centres)[-1] > 5 * np.diff(centres)[0]
+
+
+@pytest.mark.parametrize("hz", [150.0, 300.0, 1000.0, 2500.0, 6000.0, 7500.0])
+def test_a_pure_tone_lands_in_the_mel_band_centred_nearest_it(hz):
+    bank = metrics.mel_filterbank(SR, 1024, 80)
+    centres = bank @ np.fft.rfftfreq(1024, 1.0 / SR) / bank.sum(axis=1)
+    tone = np.sin(2 * np.pi * hz * np.arange(SR) / SR)
+    mel = (metrics.magnitude(tone, 1024, 256) ** 2 @ bank.T).mean(axis=0)
+    band = int(mel.argmax())
+    assert band == int(np.abs(centres - hz).argmin())
+    assert mel[max(band - 1, 0) : band + 2].sum() > 0.99 * mel.sum()  # and almost nowhere else
 
 
 def test_stft_resolutions_follow_the_sample_rate():

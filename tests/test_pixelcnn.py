@@ -8,7 +8,7 @@ from vqaudio.models.pixelcnn import GatedPixelCNN
 
 def dependence(model: GatedPixelCNN, size: int, i: int, j: int) -> torch.Tensor:
     """Which input positions the logits at (i, j) depend on: |d logits(i, j) / d embedding| > 0."""
-    codes = torch.randint(0, model.num_codes, (1, size, size), generator=torch.Generator().manual_seed(0))
+    codes = torch.randint(0, model.codebook_size, (1, size, size), generator=torch.Generator().manual_seed(0))
     embedded = model.embed(codes).permute(0, 3, 1, 2).detach().requires_grad_(True)
     out = model.forward_embedded(embedded, torch.tensor([1]))
     out[0, :, i, j].sum().backward()
@@ -19,7 +19,7 @@ def dependence(model: GatedPixelCNN, size: int, i: int, j: int) -> torch.Tensor:
 def test_receptive_field_is_exactly_the_past(kernel, layers):
     torch.manual_seed(0)
     size = 8
-    model = GatedPixelCNN(num_codes=10, channels=8, layers=layers, kernel=kernel, num_classes=3)
+    model = GatedPixelCNN(codebook_size=10, channels=8, layers=layers, kernel=kernel, num_classes=3)
     for i in range(size):
         for j in range(size):
             seen = dependence(model, size, i, j)
@@ -33,7 +33,7 @@ def test_receptive_field_is_exactly_the_past(kernel, layers):
 
 def test_shapes_and_the_label_changes_the_prediction():
     torch.manual_seed(0)
-    model = GatedPixelCNN(num_codes=12, channels=8, layers=3, kernel=3, num_classes=4)
+    model = GatedPixelCNN(codebook_size=12, channels=8, layers=3, kernel=3, num_classes=4)
     codes = torch.randint(0, 12, (2, 8, 8))
     a = model(codes, torch.tensor([0, 0]))
     b = model(codes, torch.tensor([3, 3]))
@@ -55,10 +55,10 @@ def top_codes(kw: dict) -> torch.Tensor | None:
 
 @pytest.mark.parametrize("kw", PRIORS.values(), ids=PRIORS.keys())
 def test_cached_sampling_gives_the_full_forward_pass_logits_at_every_position(kw):
-    from vqaudio.models.pixelcnn_sampling import sample_pixelcnn
+    from vqaudio.generation.pixelcnn import sample_pixelcnn
 
     torch.manual_seed(0)
-    net = GatedPixelCNN(num_codes=11, channels=8, layers=5, kernel=3, num_classes=3, **kw).eval()
+    net = GatedPixelCNN(codebook_size=11, channels=8, layers=5, kernel=3, num_classes=3, **kw).eval()
     labels, condition = torch.tensor([0, 2]), top_codes(kw)
     codes, logits = sample_pixelcnn(net, labels, 6, 8, condition, generator=torch.Generator().manual_seed(1),
                                     keep_logits=True)  # fmt: skip
@@ -66,7 +66,7 @@ def test_cached_sampling_gives_the_full_forward_pass_logits_at_every_position(kw
     assert codes.shape == (2, 6, 8)
     assert torch.allclose(logits, full, atol=1e-5), (logits - full).abs().max()
     # and the draws are those of the full-recompute sampler under the same generator
-    from vqaudio.image_codec import sample_image_codes_full
+    from vqaudio.generation.pixelcnn import sample_image_codes_full
 
     slow = sample_image_codes_full(net, labels, 6, 8, condition=condition, generator=torch.Generator().manual_seed(1))
     assert torch.equal(slow, codes)
@@ -76,7 +76,7 @@ def test_cached_sampling_gives_the_full_forward_pass_logits_at_every_position(kw
 def test_attention_and_conditioning_keep_the_receptive_field_in_the_past(kw):
     torch.manual_seed(0)
     size = 6
-    model = GatedPixelCNN(num_codes=10, channels=8, layers=4, kernel=3, num_classes=3, **kw).eval()
+    model = GatedPixelCNN(codebook_size=10, channels=8, layers=4, kernel=3, num_classes=3, **kw).eval()
     condition = torch.randint(0, 7, (1, 3, 3)) if kw.get("condition_codes") else None
     with torch.no_grad():
         features = model.condition_features(condition)
@@ -95,15 +95,15 @@ def test_attention_and_conditioning_keep_the_receptive_field_in_the_past(kw):
 def test_attention_reaches_beyond_the_convolutions():
     """Two 3x3 layers see two columns to the left; attention sees the whole row before."""
     torch.manual_seed(0)
-    without = GatedPixelCNN(num_codes=10, channels=8, layers=2, kernel=3)
-    with_attention = GatedPixelCNN(num_codes=10, channels=8, layers=2, kernel=3, attention_every=1, heads=2)
+    without = GatedPixelCNN(codebook_size=10, channels=8, layers=2, kernel=3)
+    with_attention = GatedPixelCNN(codebook_size=10, channels=8, layers=2, kernel=3, attention_every=1, heads=2)
     assert not dependence(without, 8, 0, 7)[0, 0]
     assert dependence(with_attention, 8, 0, 7)[0, 0]
 
 
 def test_the_bottom_prior_depends_on_the_top_codes_where_they_are():
     torch.manual_seed(0)
-    model = GatedPixelCNN(num_codes=10, channels=8, layers=2, kernel=3, condition_codes=5, condition_blocks=1,
+    model = GatedPixelCNN(codebook_size=10, channels=8, layers=2, kernel=3, condition_codes=5, condition_blocks=1,
                           condition_scale=2).eval()  # fmt: skip
     codes = torch.randint(0, 10, (1, 8, 8))
     top = torch.zeros(1, 4, 4, dtype=torch.long)

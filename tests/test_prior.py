@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from vqaudio.models.code_prior import IGNORE, CodePrior, sample_codes
+from vqaudio.errors import VQAudioError
+from vqaudio.generation.code_prior import PriorStepper, sample_codes
+from vqaudio.models.code_prior import IGNORE, CodePrior
 
 K = 16
 
@@ -56,7 +58,7 @@ def test_incremental_log_probs_equal_the_full_pass(n_q):
     codes = random_codes(n_q, 9)
     speaker = torch.tensor([0, 2])
     full = prior.log_probs(codes, speaker)
-    stepper = prior.start(speaker)
+    stepper = PriorStepper(prior, speaker)
     tokens = codes.transpose(1, 2).reshape(2, -1)
     for p in range(tokens.shape[1]):
         torch.testing.assert_close(stepper.log_probs(), full[:, p], atol=1e-5, rtol=1e-5)
@@ -100,16 +102,55 @@ def test_sampling_shapes_range_and_seeds(n_q):
     assert torch.equal(lp.argmax(-1), tokens)
 
 
-def test_one_codebook_sampling_uses_the_engine_and_never_draws_the_start_token():
-    prior = make_prior(1)
-    speaker = torch.tensor([0, 1])
-    plain = sample_codes(prior, 60, speaker, temperature=3.0, generator=torch.Generator().manual_seed(2), backend="plain")
-    fast = sample_codes(prior, 60, speaker, temperature=3.0, generator=torch.Generator().manual_seed(2), backend="fast")
-    assert torch.equal(plain, fast)  # the fused kernel and the PyTorch step draw the same codes
-    assert int(plain.max()) < K  # even at a high temperature: the start token's logit is masked
-    # The mask changes no probability: the start logit is never read by the loss.
-    logits = prior.wavenet(torch.full((1, 5), prior.start_token), global_cond=prior.speaker(torch.tensor([0])))
+def loud_start_prior(n_q: int) -> CodePrior:
+    """A prior whose start-token logit row was made to dominate (input-dependent and large), as
+    an unmasked or wrongly masked head could be; the caller masks it or not."""
+    prior = make_prior(n_q)
+    head = prior.wavenet.head[-1]
+    with torch.no_grad():
+        head.weight[prior.start_token] = torch.randn_like(head.weight[prior.start_token])
+        head.bias[prior.start_token] = 20.0
+    return prior
+
+
+def test_the_start_logit_is_masked_for_any_input():
+    """Whatever the input tokens and speaker, the output logit of the start token is -1e4, far
+    below every code's logit: it does not merely hold for one input."""
+    prior = loud_start_prior(2)
+    prior.mask_start_logit()
+    g = torch.Generator().manual_seed(9)
+    tokens = torch.randint(0, prior.start_token + 1, (4, 30), generator=g)  # any class, the start token included
+    speaker = torch.randint(0, 3, (4,), generator=g)
+    logits = prior.wavenet(tokens, global_cond=prior.speaker(speaker))  # [B, classes, L]
     assert torch.all(logits[:, prior.start_token] == -1e4)
+    assert logits[:, : prior.start_token].min() > -1e3  # the codes' logits are not masked
+
+
+def test_one_codebook_sampling_uses_the_engine_and_never_draws_the_start_token():
+    speaker = torch.tensor([0, 1])
+
+    def draw(prior, backend):
+        return sample_codes(prior, 60, speaker, temperature=3.0, generator=torch.Generator().manual_seed(2), backend=backend)
+
+    prior = loud_start_prior(1)
+    assert int(draw(prior, "plain").max()) == K  # unmasked, the engine (over all classes) does draw it
+    prior.mask_start_logit()
+    plain, fast = draw(prior, "plain"), draw(prior, "fast")
+    assert torch.equal(plain, fast)  # the fused kernel and the PyTorch step draw the same codes
+    assert int(plain.min()) >= 0 and int(plain.max()) < K  # even at a high temperature: the start logit is masked
+    assert plain.unique().numel() > K // 2  # a high temperature: many codes are drawn, not one
+
+
+@pytest.mark.parametrize("n_q", [1, 3])
+def test_masking_the_start_logit_changes_no_code_probability(n_q):
+    prior = loud_start_prior(n_q)
+    codes, speaker = random_codes(n_q, 10), torch.tensor([0, 2])
+    before = prior.log_probs(codes, speaker)
+    prior.mask_start_logit()
+    after = prior.log_probs(codes, speaker)
+    assert torch.equal(before, after)  # each code's softmax covers only its level's K codes
+    head = prior.wavenet.head[-1]
+    assert head.bias[prior.start_token] == -1e4  # ... although the start row itself did change
 
 
 # ----- the bottom prior of a two-level model: conditioned on the top codes -----
@@ -167,7 +208,7 @@ def test_bottom_prior_incremental_log_probs_equal_the_full_pass(n_q):
     prior = make_bottom_prior(n_q)
     codes, top, speaker = random_codes(n_q, 12), random_top(12), torch.tensor([1, 2])
     full = prior.log_probs(codes, speaker, top)
-    stepper = prior.start(speaker, top)
+    stepper = PriorStepper(prior, speaker, top)
     tokens = codes.transpose(1, 2).reshape(2, -1)
     for p in range(tokens.shape[1]):
         torch.testing.assert_close(stepper.log_probs(), full[:, p], atol=1e-5, rtol=1e-5)
@@ -184,7 +225,21 @@ def test_bottom_prior_sampling_follows_the_top_codes_in_every_back_end():
     assert torch.equal(fast, greedy)
     other = sample_codes(prior, 40, speaker, temperature=0, top=(top + 1) % TOP_K, backend="plain")
     assert not torch.equal(other, greedy)
-    with pytest.raises(ValueError, match="top frames"):
+    with pytest.raises(VQAudioError, match="need 10 top code frames"):
         sample_codes(prior, 40, speaker, top=top[..., :3])
     with pytest.raises(ValueError, match="exactly when"):
         prior.log_probs(greedy, speaker)
+
+
+def test_a_bottom_prior_refuses_to_run_past_its_top_codes():
+    prior = CodePrior(8, 1, 2, layers=2, stacks=1, residual_channels=8, gate_channels=8, skip_channels=8, speaker_dim=4,
+                      condition_codes=5, condition_ratio=2, condition_blocks=1).eval()  # fmt: skip
+    top = torch.tensor([[[1, 3]]])  # two top frames cover four bottom frames
+    stepper = PriorStepper(prior, torch.tensor([0]), top)
+    for code in (1, 2, 3, 4):
+        stepper.log_probs()
+        stepper.feed(torch.tensor([code]))
+    with pytest.raises(VQAudioError, match="top frame 2, but only 2 top frame"):
+        stepper.log_probs()  # the fifth bottom frame has no top code above it
+    with pytest.raises(VQAudioError, match="need 3 top code frames"):
+        sample_codes(prior, 5, torch.tensor([0]), top=top)

@@ -10,9 +10,9 @@ import soundfile as sf
 import torch
 import yaml
 
-from vqaudio.bitstream import entropy_decode
-from vqaudio.codec import read_codes
-from vqaudio.prior import load_prior
+from vqaudio.inference.entropy import entropy_decode
+from vqaudio.formats.codes import read_codes
+from vqaudio.inference.load import load_prior
 
 from conftest import invoke, run_main
 
@@ -63,7 +63,7 @@ def test_sample_writes_decodable_files_and_repeats_under_a_seed(prior_run, tmp_p
         audio, rate = sf.read(tmp_path / "a" / f"demo1_seed4_{i}.wav")
         assert rate == 8000 and audio.shape == (800,)
         codes, side = read_codes(tmp_path / "a" / f"demo1_seed4_{i}.npy")
-        assert codes.shape == (1, 100) and side["speaker"] == "demo1" and side["num_samples"] == 800
+        assert codes.shape == (1, 100) and side.speaker == "demo1" and side.num_samples == 800
         assert (tmp_path / "a" / f"demo1_seed4_{i}.wav").read_bytes() == (tmp_path / "b" / f"demo1_seed4_{i}.wav").read_bytes()
         np.testing.assert_array_equal(codes, read_codes(tmp_path / "b" / f"demo1_seed4_{i}.npy")[0])
     first, second = (np.load(tmp_path / "a" / f"demo1_seed4_{i}.npy") for i in range(2))
@@ -100,7 +100,7 @@ def test_entropy_coded_file_round_trips_through_the_cli(prior_run, tmp_path, cap
     codes, header = entropy_decode(prior, (tmp_path / "c.vqa").read_bytes(), tmp_path / "c.vqa")
     plain, side = read_codes(tmp_path / "plain.npy")
     np.testing.assert_array_equal(codes, plain)  # exactly the codes `vqaudio encode` gives
-    assert header.num_samples == side["num_samples"] == 4800 and prior.codec.speakers[header.speaker_index] == "demo0"
+    assert header.num_samples == side.num_samples == 4800 and prior.codec.speakers[header.speaker_index] == "demo0"
     invoke("decode", str(tmp_path / "c.vqa"), str(tmp_path / "from_vqa.wav"), "--prior", str(prior_ckpt))
     invoke("decode", str(tmp_path / "plain.npy"), str(tmp_path / "from_npy.wav"), "-c", str(vqvae))
     assert (tmp_path / "from_vqa.wav").read_bytes() == (tmp_path / "from_npy.wav").read_bytes()
@@ -139,6 +139,6 @@ def test_a_sample_of_odd_length_has_codes_and_sidecar_that_agree(prior_run, tmp_
     _, checkpoint, vqvae = prior_run
     invoke("sample", "--seconds", "0.0101", "-c", str(checkpoint), "-o", str(tmp_path))  # 80.8 samples at 8 kHz
     codes, side = read_codes(tmp_path / "demo0_seed0_0.npy")
-    assert side["num_samples"] == 81 and codes.shape == (1, 11)  # hop 8: 11 frames cover 81 samples
+    assert side.num_samples == 81 and codes.shape == (1, 11)  # hop 8: 11 frames cover 81 samples
     assert sf.info(tmp_path / "demo0_seed0_0.wav").frames == 81
     invoke("decode", str(tmp_path / "demo0_seed0_0.npy"), str(tmp_path / "again.wav"), "-c", str(vqvae))

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from vqaudio.errors import VQAudioError
 from vqaudio.recipe import apply_overrides, dump_recipe, load_recipe, validate_recipe
 
-from conftest import tiny_dict
+from conftest import examples, tiny_dict
 
 
 def write(tmp_path, data, name="r.yaml"):
@@ -97,7 +97,7 @@ def test_dumped_recipe_reloads_identically(tmp_path):
     assert again == r
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     key=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_.", min_size=1, max_size=20),
     value=st.one_of(st.integers(), st.floats(allow_nan=False), st.text(max_size=10), st.booleans()),

@@ -6,9 +6,11 @@ import soundfile as sf
 import torch
 
 from vqaudio.audio.io import iter_audio, read_audio
-from vqaudio.codec import Codec, decode_codes, encode_audio, encode_chunks, iter_decode_codes
+from vqaudio.inference.codec import decode_codes, iter_decode_codes
+from vqaudio.inference.load import Codec
+from vqaudio.models.streaming import encode_audio, encode_chunks
 from vqaudio.generation.engine import generate
-from vqaudio.models.audio_vqvae import AudioVQVAE
+from vqaudio.models.build import build_audio_vqvae
 from vqaudio.recipe import validate_recipe
 
 from conftest import tiny_dict
@@ -20,7 +22,7 @@ def make_codec(top: dict | None = None, **encoder) -> Codec:
     if top is not None:
         model_section["top"] = top
     recipe = validate_recipe(tiny_dict(model=model_section), "t")
-    model = AudioVQVAE(recipe.model, num_speakers=2).eval()
+    model = build_audio_vqvae(recipe.model, 2).eval()
     return Codec(model, None, "f" * 16, 0, 16000, ["a", "b"], recipe.to_dict(), torch.device("cpu"))
 
 
@@ -40,13 +42,13 @@ def test_chunked_encoding_equals_encoding_the_whole_signal(encoder):
     codec = make_codec(**encoder)
     rng = np.random.default_rng(0)
     audio = (0.3 * rng.standard_normal(16 * 400 + 13)).astype(np.float32)  # not a whole number of frames
-    whole, whole_top = encode_audio(codec, audio)
+    whole, whole_top = encode_audio(codec.model, audio)
     sizes = rng.integers(1, 900, size=200)
     cuts = np.cumsum(sizes)[np.cumsum(sizes) < audio.size]
     blocks = np.split(audio, cuts)
-    chunked = encode_chunks(codec, blocks, chunk_frames=24)
+    chunked = encode_chunks(codec.model, blocks, chunk_frames=24)
     assert chunked.num_samples == audio.size
-    frames = -(-audio.size // codec.block) * codec.ratio
+    frames = -(-audio.size // codec.top_hop) * codec.ratio
     assert chunked.codes.shape == whole.shape == (1, frames)
     assert np.array_equal(chunked.codes, whole)
     if "top" in encoder:

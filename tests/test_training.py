@@ -6,14 +6,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
 from vqaudio.recipe import validate_recipe
 from vqaudio.tasks import build_setup
-from vqaudio.train.checkpoint import list_checkpoints, load_checkpoint
-from vqaudio.train.run import resume_recipe, train
-from vqaudio.train.trainer import Trainer
+from vqaudio.formats.checkpoint import list_checkpoints, load_checkpoint
+from vqaudio.tasks.run import resume_recipe, train
+from vqaudio.train.loop import Trainer
 
 from conftest import tiny_dict
 
@@ -105,3 +106,19 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert f"finished step {step + 2}" in done.stdout
+
+
+def test_a_checkpoint_outside_a_run_folder_is_a_one_line_error(tmp_path):
+    from vqaudio.train.run_dir import runs_dir_of
+
+    from vqaudio.errors import VQAudioError
+
+    loose = tmp_path / "model.pt"
+    loose.touch()
+    with pytest.raises(VQAudioError, match="not inside a run folder") as caught:
+        runs_dir_of(loose)
+    assert "\n" not in str(caught.value)
+    inside = tmp_path / "runs" / "demo" / "20260101-000000" / "checkpoints" / "step_000001.pt"
+    inside.parent.mkdir(parents=True)
+    inside.touch()
+    assert runs_dir_of(inside) == (tmp_path / "runs").resolve()

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from vqaudio.generation.wavenet_step import Stepper
 from vqaudio.models.wavenet import WaveNet
 
 
@@ -16,13 +17,13 @@ def make_net(kernel_size: int = 2, cond: bool = True, speaker: bool = True, hop:
         kernel_size=kernel_size,
         cond_channels=5 if cond else 0,
         global_channels=3 if speaker else 0,
-        cond_hop=hop,
+        hop=hop,
     ).eval()
 
 
 def inputs(net: WaveNet, batch: int = 2, length: int = 48):
     x = torch.randint(0, net.num_classes, (batch, length))
-    cond = torch.randn(batch, 5, length // net.cond_hop) if net.cond_proj is not None else None
+    cond = torch.randn(batch, 5, length // net.hop) if net.cond_proj is not None else None
     g = torch.randn(batch, 3) if net.global_proj is not None else None
     return x, cond, g
 
@@ -66,9 +67,9 @@ def test_incremental_steps_equal_the_full_forward_pass(kernel_size, cond, speake
     with torch.no_grad():
         full = net(x, c, g)
         bias = net.frame_bias(c, g, 3)
-        state = net.start(3)
-        hop = net.cond_hop if c is not None else 10**9
-        steps = torch.stack([net.step(state, x[:, t], bias[:, t // hop]) for t in range(40)], dim=-1)
+        stepper = Stepper(net, 3)
+        hop = net.hop if c is not None else 10**9
+        steps = torch.stack([stepper(x[:, t], bias[:, t // hop]) for t in range(40)], dim=-1)
     assert torch.allclose(full, steps, atol=1e-5)
 def test_missing_conditioning_is_refused():
     net = make_net()

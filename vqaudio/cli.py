@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from vqaudio.errors import TrainingInterrupted, VQAudioError
-from vqaudio.progress import preparation_bar
 
 app = typer.Typer(
     add_completion=False,
@@ -24,19 +23,25 @@ err = Console(stderr=True)
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N")]
 CheckpointOpt = Annotated[
-    Optional[Path], typer.Option("-c", "--checkpoint", help="model checkpoint; default: the newest under ./runs")
+    Optional[Path], typer.Option("-c", "--checkpoint", help="model checkpoint or run folder; default: the newest under ./runs")
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing output file")]
 
 
-def _checkpoint_or_newest(checkpoint: Path | None, kind: str = "audio_vqvae") -> Path:
-    from vqaudio.train.run_dir import newest_checkpoint
+def _newest(checkpoint: Path | None, kinds: tuple[str, ...] = ("audio_vqvae",), option: str = "-c") -> Path:
+    """The checkpoint given (a file or a run folder), or the newest of `kinds` under ./runs (said on stderr)."""
+    from vqaudio.inference.load import checkpoint_or_newest
 
-    if checkpoint is not None:
-        return checkpoint
-    found = newest_checkpoint(Path("runs"), kind)
-    err.print(f"using checkpoint {found}")
+    found = checkpoint_or_newest(checkpoint, kinds, option=option)
+    if checkpoint is None:
+        err.print(f"using checkpoint {found}")
     return found
+
+
+def _bar(description: str, total: int | None, unit: str):
+    from vqaudio.progress import progress_bar
+
+    return progress_bar(description, total, unit)
 
 
 def _check_backend(backend: str) -> None:
@@ -55,8 +60,8 @@ def train(
     """Train the model a recipe describes; Ctrl-C saves a checkpoint you can --resume."""
     from vqaudio.device import resolve_device
     from vqaudio.recipe import load_recipe
-    from vqaudio.train.run import resume_recipe
-    from vqaudio.train.run import train as run_training
+    from vqaudio.tasks.run import resume_recipe
+    from vqaudio.tasks.run import train as run_training
 
     extra = list(overrides or [])
     if recipe is not None and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
@@ -103,67 +108,39 @@ def encode(
 ) -> None:
     """Turn a recording into VQ-VAE codes (or, with --entropy, a compressed .vqa bitstream)."""
     from vqaudio.audio.io import expected_samples
-    from vqaudio.codec import encode_file, load_codec
     from vqaudio.device import resolve_device
-    from vqaudio.progress import progress_bar
+    from vqaudio.inference.codec import encode_file
+    from vqaudio.inference.entropy import encode_vqa_file
+    from vqaudio.inference.load import load_codec
+    from vqaudio.inference.priors import load_prior_pair
 
     if entropy:
-        _encode_entropy(source, target, checkpoint, speaker, n_q, prior_checkpoint, bottom, force, device)
+        chosen = _newest(prior_checkpoint, ("code_prior",), "--prior")
+        prior, bottom_prior = load_prior_pair(chosen, resolve_device(device), bottom, checkpoint, chosen=prior_checkpoint is None)
+        with _bar("entropy-code", None, "frames") as update:
+            written = encode_vqa_file(source, target, prior, bottom_prior, speaker, n_q, force, update)
+        if written.speaker_guessed:
+            err.print(f"no speaker given or found in the file name: recorded speaker {written.speaker} (--speaker to choose)")
+        out.print(
+            f"wrote {target} ({written.bytes} bytes for {written.seconds:.2f} s: {written.bitrate:.0f} bit/s; "
+            f"raw codes {written.raw_bitrate:.0f} bit/s; prior estimate {written.estimated_bits / written.seconds:.0f} bit/s)",
+            soft_wrap=True,
+        )
         return
     if bottom is not None:
         raise VQAudioError("--bottom: the bottom prior is for --entropy (a .vqa file of two-level codes)")
-    codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
-    with progress_bar("encode", expected_samples(source, codec.sample_rate), "samples") as update:
+    codec = load_codec(_newest(checkpoint), resolve_device(device))
+    with _bar("encode", expected_samples(source, codec.sample_rate), "samples") as update:
         side = encode_file(codec, source, target, speaker=speaker, force=force, on_progress=update, n_q=n_q)
-    seconds = side["num_samples"] / codec.sample_rate
-    books = f" x {side['n_q']} codebooks" if side["n_q"] > 1 else ""
-    if "top" in side:
-        books += f" + {side['top']['frames']} top frames"
+    seconds = side.num_samples / codec.sample_rate
+    books = f" x {side.n_q} codebooks" if side.n_q > 1 else ""
+    if side.top is not None:
+        books += f" + {side.top.frames} top frames"
+    frames = codec.frames_for(side.num_samples)
     out.print(
-        f"wrote {target} ({side['shape'][-1]} frames{books} for {seconds:.2f} s at {side['bitrate']:.0f} bit/s, "
-        f"speaker {side['speaker'] or 'not recorded'})"
+        f"wrote {target} ({frames} frames{books} for {seconds:.2f} s at {side.bitrate:.0f} bit/s, "
+        f"speaker {side.speaker or 'not recorded'})"
     )
-
-
-def _encode_entropy(
-    source: Path, target: Path, checkpoint: Path | None, speaker: str | None, n_q: int | None,
-    prior_checkpoint: Path | None, bottom: Path | None, force: bool, device: str,
-) -> None:  # fmt: skip
-    from vqaudio.audio.io import iter_audio
-    from vqaudio.bitstream import entropy_encode, write_vqa
-    from vqaudio.codec import encode_chunks, guess_speaker
-    from vqaudio.fileio import check_writable
-    from vqaudio.progress import progress_bar
-
-    check_writable(target, force)
-    prior, bottom_prior = _prior_pair(prior_checkpoint, bottom, checkpoint, device)
-    codec = prior.codec
-    if n_q is not None and n_q != codec.n_q:
-        raise VQAudioError(f"--n-q {n_q}: the prior models all {codec.n_q} codebook(s); --entropy codes them all")
-    speaker = speaker if speaker is not None else guess_speaker(source, codec.speakers)
-    if speaker is None:
-        err.print(f"no speaker given or found in the file name: recording speaker {codec.speakers[0]} (--speaker to choose)")
-    index = codec.speaker_index(speaker)
-    audio = encode_chunks(codec, iter_audio(source, codec.sample_rate))
-    top_frames = audio.top.shape[1] if audio.top is not None else 0
-    with progress_bar("entropy-code", audio.codes.shape[1] + top_frames, "frames") as update:
-        encoded = entropy_encode(prior, audio.codes, index, audio.num_samples, update, audio.top, bottom_prior)
-    write_vqa(target, encoded, force)
-    seconds = audio.num_samples / codec.sample_rate
-    out.print(
-        f"wrote {target} ({len(encoded.data)} bytes for {seconds:.2f} s: {8 * len(encoded.data) / seconds:.0f} bit/s; "
-        f"raw codes {codec.bitrate():.0f} bit/s; prior estimate {encoded.estimated_bits / seconds:.0f} bit/s)",
-        soft_wrap=True,
-    )
-
-
-def _prior_pair(prior_checkpoint: Path | None, bottom: Path | None, vqvae: Path | None, device: str):
-    """The prior for .vqa files (--prior, default the newest) and, for a two-level model, its bottom prior."""
-    from vqaudio.device import resolve_device
-    from vqaudio.prior import load_prior_pair
-
-    chosen = _checkpoint_or_newest(prior_checkpoint, "code_prior")
-    return load_prior_pair(chosen, resolve_device(device), bottom, vqvae, chosen=prior_checkpoint is None)
 
 
 @app.command()
@@ -183,23 +160,29 @@ def decode(
     device: DeviceOpt = "auto",
 ) -> None:
     """Turn codes (.npy, .npz or .vqa) back into audio with the WaveNet decoder (another --speaker converts the voice)."""
-    from vqaudio.codec import decode_file, load_codec, open_codes
     from vqaudio.device import resolve_device
-    from vqaudio.progress import progress_bar
+    from vqaudio.fileio import check_writable
+    from vqaudio.formats.vqa import is_vqa
+    from vqaudio.inference.codec import decode_file, open_codes
+    from vqaudio.inference.entropy import open_vqa
+    from vqaudio.inference.load import load_codec
+    from vqaudio.inference.priors import load_prior_pair
 
     _check_backend(backend)
-    from vqaudio.bitstream import is_vqa
-
     if is_vqa(source):
-        codec, request = _open_vqa(source, target, checkpoint, prior_checkpoint, bottom, speaker, force, device)
+        check_writable(target, force)
+        chosen = _newest(prior_checkpoint, ("code_prior",), "--prior")
+        prior, bottom_prior = load_prior_pair(chosen, resolve_device(device), bottom, checkpoint, chosen=prior_checkpoint is None)
+        with _bar("entropy-decode", None, "frames") as update:
+            codec, request = open_vqa(source, prior, bottom_prior, speaker, update)
     else:
         if bottom is not None:
             raise VQAudioError("--bottom: the bottom prior is for .vqa files of two-level codes")
-        codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
+        codec = load_codec(_newest(checkpoint), resolve_device(device))
         request = open_codes(codec, source, target, speaker, force)
-    with progress_bar("decode", request.num_samples, "samples") as update:
-        info = decode_file(codec, request, target, force, temperature, seed, on_progress=update, backend=backend)
-    out.print(f"wrote {target} ({info['num_samples'] / info['sample_rate']:.2f} s at {info['sample_rate']} Hz, speaker {info['speaker']})")
+    with _bar("decode", request.num_samples, "samples") as update:
+        info = decode_file(codec, request, target, force, temperature, seed, on_progress=update, backend=backend)  # type: ignore[arg-type]
+    out.print(f"wrote {target} ({info.seconds:.2f} s at {info.sample_rate} Hz, speaker {info.speaker})")
 
 
 @app.command()
@@ -216,15 +199,15 @@ def convert(
 ) -> None:
     """Voice conversion: encode a recording and decode its codes as another speaker."""
     from vqaudio.audio.io import expected_samples
-    from vqaudio.codec import convert_file, load_codec
     from vqaudio.device import resolve_device
-    from vqaudio.progress import progress_bar
+    from vqaudio.inference.codec import convert_file
+    from vqaudio.inference.load import load_codec
 
     _check_backend(backend)
-    codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
-    with progress_bar("convert", expected_samples(source, codec.sample_rate), "samples") as update:
+    codec = load_codec(_newest(checkpoint), resolve_device(device))
+    with _bar("convert", expected_samples(source, codec.sample_rate), "samples") as update:
         info = convert_file(codec, source, target, speaker, force, temperature, seed, update, backend)  # type: ignore[arg-type]
-    out.print(f"wrote {target} ({info['num_samples'] / info['sample_rate']:.2f} s, voice of {info['speaker']})", soft_wrap=True)
+    out.print(f"wrote {target} ({info.seconds:.2f} s, voice of {info.speaker})", soft_wrap=True)
 
 
 @app.command()
@@ -249,69 +232,25 @@ def sample(
     device: DeviceOpt = "auto",
 ) -> None:
     """Generate: sample codes from a learned prior and decode them (speech with --speaker, images with --label)."""
-    from vqaudio.train.checkpoint import checkpoint_kind
-
-    if label is not None or (checkpoint is not None and checkpoint_kind(checkpoint) == "image_prior"):
-        if speaker is not None:
-            raise VQAudioError("--speaker is for speech priors and --label for image priors; give one")
-        _sample_images(label, count, out_dir, checkpoint, vqvae, bottom, temperature, seed, force, device)
-        return
-    from vqaudio.audio.io import write_wav
-    from vqaudio.codec import write_codes
     from vqaudio.device import resolve_device
-    from vqaudio.fileio import check_writable
-    from vqaudio.prior import decode_samples, load_prior_pair, sample_lengths, sample_prior_codes
-    from vqaudio.progress import progress_bar
+    from vqaudio.inference.load import Prior
+    from vqaudio.inference.priors import load_prior_pair
+    from vqaudio.inference.sampling import sample_image_grid, sample_speech_files
 
     _check_backend(backend)
-    prior, bottom_prior = load_prior_pair(
-        _checkpoint_or_newest(checkpoint, "code_prior"), resolve_device(device), bottom, vqvae, chosen=checkpoint is None
-    )
-    codec = prior.codec
-    name = codec.speakers[codec.speaker_index(speaker)]
-    stems = [f"{name}_seed{seed}_{i}" for i in range(count)]
-    codes_suffix = ".npz" if codec.two_level else ".npy"
-    for stem in stems:
-        for suffix in (".wav", codes_suffix, f"{codes_suffix}.json"):
-            check_writable(out_dir / f"{stem}{suffix}", force)
-    num_samples, frames = sample_lengths(prior, seconds)
-    with progress_bar("sample codes", frames, "frames") as update:
-        codes, index, top = sample_prior_codes(prior, speaker, seconds, count, temperature, seed, update, backend, bottom_prior)
-    with progress_bar("decode", frames * codec.hop, "samples") as update:
-        audio = decode_samples(prior, codes, index, decoder_temperature, seed, backend, update, top)
-    source = f"sampled from {prior.checkpoint.resolve()}" + (f" and {bottom_prior.checkpoint.resolve()}" if bottom_prior else "")
-    for i, stem in enumerate(stems):
-        write_wav(out_dir / f"{stem}.wav", audio[i, :num_samples], codec.sample_rate, force=True)
-        one_top = top[i] if top is not None else None
-        write_codes(codec, codes[i], out_dir / f"{stem}{codes_suffix}", index, num_samples, source, True, one_top)
-        out.print(f"wrote {out_dir / stem}.wav and its codes", soft_wrap=True)
-
-
-def _sample_images(
-    label: str | None, count: int, out_path: Path, checkpoint: Path | None, vqvae: Path | None, bottom: Path | None,
-    temperature: float, seed: int, force: bool, device: str,
-) -> None:  # fmt: skip
-    import torch
-
-    from vqaudio.device import resolve_device
-    from vqaudio.fileio import check_writable
-    from vqaudio.image_codec import load_prior_pair, sample_images, sample_rows
-    from vqaudio.image_grid import grid, save_png
-    from vqaudio.progress import progress_bar
-
-    loaded, second = load_prior_pair(_checkpoint_or_newest(checkpoint, "image_prior"), resolve_device(device), bottom, vqvae)
-    index = loaded.prior.label_index(label)
-    name = loaded.prior.class_names[index]
-    target = out_path if out_path.suffix.lower() == ".png" else out_path / f"{name}_seed{seed}.png"
-    check_writable(target, force)
-    if count < 1:
-        raise VQAudioError(f"-n {count}: must be at least 1")
-    device_ = next(loaded.prior.model.parameters()).device
-    labels = torch.full((count,), index, dtype=torch.long, device=device_)
-    with progress_bar("sample code rows", sample_rows(loaded, second), "rows") as update:
-        images = sample_images(loaded, second, labels, temperature, torch.Generator().manual_seed(seed), update)
-    save_png(grid(images), target, force)
-    out.print(f"wrote {target} ({count} samples of class {index} '{name}')", soft_wrap=True)
+    if speaker is not None and label is not None:
+        raise VQAudioError("--speaker is for speech priors and --label for image priors; give one")
+    kinds = ("image_prior",) if label is not None else ("code_prior", "image_prior") if speaker is None else ("code_prior",)
+    chosen = _newest(checkpoint, kinds)
+    first, second = load_prior_pair(chosen, resolve_device(device), bottom, vqvae, chosen=checkpoint is None, kinds=kinds)
+    if isinstance(first, Prior):
+        files = sample_speech_files(first, second, out_dir, speaker, seconds, count, temperature, decoder_temperature,
+                                    seed, backend, force, _bar)  # fmt: skip
+        for wav in files.wavs:
+            out.print(f"wrote {wav} and its codes", soft_wrap=True)
+        return
+    written = sample_image_grid(first, second, out_dir, label, count, temperature, seed, force, _bar)
+    out.print(f"wrote {written.path} ({count} samples of class {written.label} '{written.name}')", soft_wrap=True)
 
 
 @app.command("eval")
@@ -340,95 +279,25 @@ def eval_command(
 ) -> None:
     """Reconstruct held-out clips through the codes and measure them beside Opus and Codec2.
 
-    -c may name a prior checkpoint: its VQ-VAE is evaluated and the clips are entropy-coded too."""
-    from vqaudio.codec import load_codec
+    -c may name a prior checkpoint: its VQ-VAE is evaluated and the clips are entropy-coded too;
+    or an image model or prior: bits/dim on its held-out images."""
     from vqaudio.device import resolve_device
-    from vqaudio.evaluation.baselines import available_baselines
-    from vqaudio.evaluation.clips import select_clips
-    from vqaudio.evaluation.evaluate import EvalOptions, evaluate
-    from vqaudio.evaluation.report import render_report, write_report
-    from vqaudio.fileio import check_writable
-    from vqaudio.prior import load_prior_pair
-    from vqaudio.progress import progress_bar
-    from vqaudio.train.checkpoint import checkpoint_kind
+    from vqaudio.evaluation.evaluate import EvalOptions
+    from vqaudio.evaluation.report import render_image_report, render_report
+    from vqaudio.evaluation.run import EvalRequest, run_eval
 
     _check_backend(backend)
-    if json_out is not None:
-        check_writable(json_out, force)
-    if max_clips is not None and max_clips < 1:
-        raise VQAudioError(f"--max-clips {max_clips}: must be at least 1")
-    prior = None
-    kind = checkpoint_kind(checkpoint) if checkpoint is not None else None
-    if kind in ("image_vqvae", "image_vae", "image_vqvae2", "image_prior"):
-        audio_only = [name for name, value in (("--data", data), ("--n-q", n_q), ("--audio-dir", audio_dir)) if value is not None]
-        if audio_only:
-            raise VQAudioError(f"{', '.join(audio_only)}: audio options; an image model is scored on its own held-out images")
-        _eval_images(checkpoint, prior_checkpoint, bottom, json_out, max_clips, force, device)
-        return
-    if kind == "code_prior" and prior_checkpoint is None:
-        prior_checkpoint, checkpoint = checkpoint, None
-    bottom_prior = None
-    if prior_checkpoint is not None:
-        prior, bottom_prior = load_prior_pair(prior_checkpoint, resolve_device(device), bottom, checkpoint)
-        codec = prior.codec
-    else:
-        if bottom is not None:
-            raise VQAudioError("--bottom goes with the top prior (--prior or -c TOP_PRIOR) of a two-level model")
-        codec = load_codec(_checkpoint_or_newest(checkpoint), resolve_device(device))
     options = EvalOptions(n_q, temperature, seed, backend, baselines, audio_dir=audio_dir)  # type: ignore[arg-type]
-    codec.check_n_q(n_q)
-    with preparation_bar("prepare data") as update:
-        clips, description = select_clips(data, codec.recipe, codec.sample_rate, codec.speakers, update)
-    clips = clips[:max_clips] if max_clips else clips
-    systems = 1 + (len(available_baselines()[0]) if baselines else 0)
-    with progress_bar("eval", len(clips) * systems, "runs") as update:
-        report = evaluate(codec, clips, description, options, on_progress=update, prior=prior, bottom_prior=bottom_prior)
-    render_report(report, out)
-    if json_out is not None:
-        write_report(report, json_out, force)
-        out.print(f"wrote {json_out}", soft_wrap=True)
-
-
-def _eval_images(
-    checkpoint: Path, prior_checkpoint: Path | None, bottom: Path | None, json_out: Path | None, max_images: int | None,
-    force: bool, device: str,
-) -> None:
-    """eval on an image VQ-VAE or VAE (or an image prior: its VQ-VAE under it): bits/dim and a PNG."""
-    import numpy as np
-    from rich.table import Table
-
-    from vqaudio.device import resolve_device
-    from vqaudio.evaluation.images import evaluate_images
-    from vqaudio.evaluation.report import write_report
-    from vqaudio.image_codec import load_image_model, load_prior_pair
-    from vqaudio.image_grid import grid, save_png
-    from vqaudio.train.checkpoint import checkpoint_kind
-
-    dev = resolve_device(device)
-    prior = bottom_prior = None
-    if checkpoint_kind(checkpoint) == "image_prior":
-        prior_checkpoint = checkpoint
-    if prior_checkpoint is not None:
-        first, second = load_prior_pair(prior_checkpoint, dev, bottom)
-        model, prior = first.vqvae, first.prior
-        bottom_prior = second.prior if second is not None else None
+    request = EvalRequest(checkpoint, prior_checkpoint, bottom, data, json_out, options, max_clips, force)
+    if checkpoint is None and prior_checkpoint is None:
+        request.checkpoint = _newest(None)
+    result = run_eval(request, resolve_device(device), _bar)
+    if result.images:
+        render_image_report(result.report, out)
     else:
-        model = load_image_model(checkpoint, dev)
-    png = model.checkpoint.resolve().parent.parent / "eval_reconstructions.png"
-    with err.status("scoring held-out images"):
-        report, shown = evaluate_images(model, prior, max_images, bottom_prior=bottom_prior)
-    save_png(grid(np.concatenate(shown), columns=shown.shape[1]), png, force=True)
-    table = Table(title=f"{report['images']} held-out images, {report['kind']} step {report['step']}")
-    table.add_column("bits/dim", no_wrap=True)
-    table.add_column("value", justify="right")
-    for key, value in report.items():
-        if "bits" in key:
-            table.add_row(key, f"{value:.3f}")
-    out.print(table)
-    out.print(f"wrote {png} (originals above reconstructions)", soft_wrap=True)
-    if json_out is not None:
-        write_report(report, json_out, force)
-        out.print(f"wrote {json_out}", soft_wrap=True)
+        render_report(result.report, out)
+    for path in result.written:
+        out.print(f"wrote {path}", soft_wrap=True)
 
 
 @app.command()
@@ -448,49 +317,19 @@ def plot(
     device: DeviceOpt = "auto",
 ) -> None:
     """Draw a run: training curves, original vs reconstruction spectrograms, codebook usage (PNG)."""
-    from vqaudio.codec import load_codec
     from vqaudio.device import resolve_device
-    from vqaudio.evaluation.clips import select_clips
-    from vqaudio.plots import plot_run
-    from vqaudio.train.checkpoint import list_checkpoints
-    from vqaudio.train.run_dir import resolve_run_dir
+    from vqaudio.evaluation.plots import plot_run_dir
 
-    run = resolve_run_dir(run_dir)
-    codec = load_codec(checkpoint or list_checkpoints(run)[-1], resolve_device(device))
-    with preparation_bar("prepare data") as update:
-        clips, _ = select_clips(data, codec.recipe, codec.sample_rate, codec.speakers, update)
-    if clip is not None and Path(clip).is_file():
-        own, _ = select_clips(clip, codec.recipe, codec.sample_rate, codec.speakers)
-        clips, clip = own + clips, own[0].id
     with err.status("decoding the clip and drawing"):
-        written = plot_run(run, codec, clips, clip, temperature, seed)
+        written = plot_run_dir(run_dir, checkpoint, clip, data, temperature, seed, resolve_device(device))
     for path in written:
         out.print(f"wrote {path}", soft_wrap=True)
 
 
-def _open_vqa(
-    source: Path, target: Path, checkpoint: Path | None, prior_checkpoint: Path | None, bottom: Path | None,
-    speaker: str | None, force: bool, device: str,
-):  # fmt: skip
-    """Entropy-decode a .vqa file into a DecodeRequest (the codes, top codes, speaker and length)."""
-    from vqaudio.bitstream import entropy_decode_levels
-    from vqaudio.codec import DecodeRequest
-    from vqaudio.fileio import check_writable
-    from vqaudio.progress import progress_bar
-
-    check_writable(target, force)
-    prior, bottom_prior = _prior_pair(prior_checkpoint, bottom, checkpoint, device)
-    data = source.read_bytes()
-    with progress_bar("entropy-decode", None, "frames") as update:
-        codes, top, header = entropy_decode_levels(prior, data, source, update, bottom_prior)
-    index = prior.codec.speaker_index(speaker) if speaker is not None else header.speaker_index
-    return prior.codec, DecodeRequest(codes, index, header.num_samples, top)
-
-
 @app.command()
-def info(checkpoint: Annotated[Path, typer.Argument(help="checkpoint file")]) -> None:
-    """Describe a checkpoint: recipe, step, speakers, hop, K and bitrate."""
-    from vqaudio.info import describe_checkpoint
+def info(checkpoint: Annotated[Path, typer.Argument(help="checkpoint file or run folder")]) -> None:
+    """Describe a checkpoint (or a run folder's newest): recipe, step, speakers, hop, K and bitrate."""
+    from vqaudio.inference.info import describe_checkpoint
 
     describe_checkpoint(checkpoint, out)
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vqaudio.errors import VQAudioError
+from vqaudio.recipe import DataConfig
 
 CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR_TEST = ["test_batch"]
@@ -149,3 +150,17 @@ def load_image_folder(root: Path, size: int | None = None) -> ImageSet:
     if not images:
         raise VQAudioError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
     return ImageSet(np.stack(images), np.array(labels, dtype=np.int64), classes)
+
+
+def load_image_splits(config: DataConfig) -> tuple[ImageSet, ImageSet]:
+    """(train, held-out): CIFAR-10's own test batch, or every tenth image of a folder (by position)."""
+    root = Path(config.root or "")
+    if config.kind == "cifar10":
+        return load_cifar10(root, "train"), load_cifar10(root, "test")
+    images = load_image_folder(root, config.image_size)
+    held = np.zeros(len(images), dtype=bool)
+    held[::10] = True
+    if held.all():
+        raise VQAudioError(f"{root}: too few images to hold any out for validation (found {len(images)})")
+    pick = lambda mask: ImageSet(images.images[mask], images.labels[mask], images.class_names)  # noqa: E731
+    return pick(~held), pick(held)

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from vqaudio.audio.io import AUDIO_SUFFIXES, read_audio
-from vqaudio.codec import guess_speaker
+from vqaudio.inference.codec import guess_speaker
 from vqaudio.data.corpus import ProgressFn, heldout_split, prepare_corpus
 from vqaudio.errors import VQAudioError
-from vqaudio.recipe import load_recipe, validate_recipe
+from vqaudio.recipe import Recipe, load_recipe
 
 SPLITS = ("valid", "train", "all")
 
@@ -44,7 +44,7 @@ def _file_clips(paths: list[Path], sample_rate: int, speakers: list[str], root: 
 
 def select_clips(
     data: str | None,
-    model_recipe: dict[str, Any],
+    model_recipe: Recipe,
     sample_rate: int,
     speakers: list[str],
     on_progress: ProgressFn | None = None,
@@ -54,7 +54,7 @@ def select_clips(
     `data` is None (the held-out split of the recipe the model was trained with), a folder (every
     audio file below it), an audio file, or `RECIPE.yaml[:valid|train|all]`."""
     if data is None:
-        recipe = validate_recipe(model_recipe, "the checkpoint's recipe")
+        recipe = model_recipe
         try:
             return _recipe_clips(recipe, "valid", sample_rate, on_progress), f"held-out split of {recipe.name!r}"
         except VQAudioError as exc:

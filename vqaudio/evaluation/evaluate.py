@@ -20,16 +20,19 @@ import torch
 import torch.nn.functional as F
 
 from vqaudio.audio.io import write_wav
-from vqaudio.bitstream import entropy_encode
-from vqaudio.codec import Codec, decode_codes, encode_audio
 from vqaudio.errors import VQAudioError
 from vqaudio.evaluation.alignment import align, estimate_lag
 from vqaudio.evaluation.baselines import Baseline, available_baselines, transcode
 from vqaudio.evaluation.clips import EvalClip
 from vqaudio.evaluation.metrics import all_metrics, optional_metrics_missing
 from vqaudio.generation.engine import Backend
+from vqaudio.inference.codec import decode_codes
+from vqaudio.inference.entropy import entropy_encode
+from vqaudio.inference.load import Codec, Prior
+from vqaudio.inference.priors import prior_bits
+from vqaudio.models.modes import evaluating
 from vqaudio.models.quantizer import usage_stats
-from vqaudio.prior import Prior, prior_bits
+from vqaudio.models.streaming import encode_audio
 
 REPORT_FORMAT = "vqaudio-eval"
 REPORT_VERSION = 1
@@ -98,14 +101,15 @@ def _usage(codes: list[np.ndarray], codebook_size: int) -> dict[str, Any]:
     return {"codebook_size": codebook_size, **levels[0], "levels": levels}
 
 
-@torch.no_grad()
 def decoder_nll_bits(codec: Codec, audio: np.ndarray, speaker: int, n_q: int | None = None) -> float:
     """-log2 p(x | codes) summed over the clip's μ-law samples, teacher-forced through the decoder:
-    the reconstruction term of the VQ-VAE's loss, comparable between models of the same μ-law."""
+    the reconstruction term of the VQ-VAE's loss, comparable between models of the same μ-law.
+    The model is not changed, whatever its mode."""
     padded = np.zeros(codec.frames_for(audio.size) * codec.hop, dtype=np.float32)
     padded[: audio.size] = audio
     tensor = torch.from_numpy(padded)[None].to(codec.device)
-    out = codec.model(tensor, torch.tensor([speaker], device=codec.device), n_q)
+    with evaluating(codec.model):
+        out = codec.model(tensor, torch.tensor([speaker], device=codec.device), n_q)
     nats = F.cross_entropy(out.logits.float()[..., : audio.size], out.targets[:, : audio.size], reduction="sum")
     return float(nats) / math.log(2)
 
@@ -156,7 +160,7 @@ def evaluate(
     for clip in clips:
         if options.audio_dir is not None:
             write_wav(options.audio_dir / f"{clip.id.replace('/', '_')}.reference.wav", clip.audio, sr, force=True)
-        codes, top = encode_audio(codec, clip.audio, n_q)
+        codes, top = encode_audio(codec.model, clip.audio, n_q)
         all_codes.append(codes)
         if top is not None:
             all_top.append(top)
@@ -245,7 +249,7 @@ def evaluate(
         "temperature": options.temperature,
         "seed": options.seed,
         "codebook_usage": _usage(all_codes, codec.codebook_size),
-        "top_codebook_usage": _usage(all_top, codec.model.top_codebook_size or 2) if all_top else None,
+        "top_codebook_usage": _usage(all_top, codec.top_codebook_size or 2) if all_top else None,
         "systems": systems,
         "skipped_metrics": skipped,
         "notes": notes,

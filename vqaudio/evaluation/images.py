@@ -16,16 +16,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vqaudio.image_codec import LoadedModel
+from vqaudio.data.images import load_image_splits
+from vqaudio.inference.load import ImageModel, ImagePrior
 from vqaudio.models.image_vae import gaussian_kl
+from vqaudio.models.modes import evaluating
 from vqaudio.models.pixel_likelihood import pixel_nll, to_unit_range
-from vqaudio.tasks.image_models import load_image_splits
 
 
 @torch.no_grad()
 def evaluate_images(
-    model: LoadedModel, prior: LoadedModel | None = None, max_images: int | None = None, batch_size: int = 100, seed: int = 0,
-    bottom_prior: LoadedModel | None = None,
+    model: ImageModel, prior: ImagePrior | None = None, max_images: int | None = None, batch_size: int = 100, seed: int = 0,
+    bottom_prior: ImagePrior | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """(report, [2, 8, H, W, 3] originals and reconstructions of the first 8 held-out images)."""
     _, valid = load_image_splits(model.recipe.data)

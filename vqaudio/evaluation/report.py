@@ -80,3 +80,14 @@ def write_report(report: dict[str, Any], path: Path, force: bool = False) -> Non
     """The JSON report, written to a temporary file and renamed."""
     with atomic_output(path, force=force) as tmp:
         tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+
+
+def render_image_report(report: dict[str, Any], console: Console) -> None:
+    """An image model's bits/dim table."""
+    table = Table(title=f"{report['images']} held-out images, {report['kind']} step {report['step']}")
+    table.add_column("bits/dim", no_wrap=True)
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        if "bits" in key:
+            table.add_row(key, f"{value:.3f}")
+    console.print(table)

@@ -2,15 +2,17 @@
 
 On a GPU the plain step is bound by kernel launches (about a dozen per layer per sample), not by
 arithmetic. A graph replays all of them with one launch. Graphs need fixed addresses and fixed
-control flow, so this step reads and writes the ring buffers with indices computed on the device
-from a position counter that the graph itself advances, instead of Python integers.
+control flow, so the shared step (`wavenet_step.step`) runs here with the position as a counter on
+the device that the graph itself advances, instead of a Python integer: the ring-buffer rows are
+then computed on the device too.
 """
 
 from __future__ import annotations
 
 import torch
 
-from vqaudio.models.wavenet import _HALF_SQRT, WaveNet
+from vqaudio.generation.wavenet_step import RingSlots, StepWeights, step
+from vqaudio.models.wavenet import WaveNet
 
 
 def cuda_graph_problem(net: WaveNet) -> str | None:
@@ -30,7 +32,9 @@ class CudaGraphBackend:
     def __init__(self, net: WaveNet, batch: int, use_graph: bool = True) -> None:
         self.net = net
         device = net.embed.weight.device
-        self.state = net.start(batch)
+        self.weights = StepWeights.from_wavenet(net)
+        self.slots = RingSlots(self.weights)
+        self.history = self.weights.empty_history(batch)
         self.position = torch.zeros((), dtype=torch.long, device=device)
         self.prev = torch.zeros(batch, dtype=torch.long, device=device)
         self.bias = torch.zeros(batch, len(net.convs) * net.gate_channels, device=device)
@@ -52,32 +56,11 @@ class CudaGraphBackend:
             self._reset()
 
     def _reset(self) -> None:
-        for buffer in self.state.buffers:
-            buffer.zero_()
+        self.history.zero_()
         self.position.zero_()
 
     def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        net = self.net
-        gate, half, residual = net.gate_channels, net.gate_channels // 2, net.residual_channels
-        h = net.embed.weight.index_select(0, self.prev)
-        skip = None
-        for index, (dilation, buffer, (w_conv, w_out, b_out)) in enumerate(
-            zip(net.dilations, self.state.buffers, self.state.weights)
-        ):
-            span = buffer.shape[0]
-            taps = [
-                buffer.index_select(0, torch.remainder(self.position - j * dilation, span).view(1)).squeeze(0)
-                for j in range(net.kernel_size - 1, 0, -1)
-            ]
-            stacked = torch.cat([*taps, h], dim=1)
-            buffer.index_copy_(0, torch.remainder(self.position, span).view(1), h.unsqueeze(0))
-            a = torch.addmm(self.bias[:, index * gate : (index + 1) * gate], stacked, w_conv)
-            z = torch.tanh(a[:, :half]) * torch.sigmoid(a[:, half:])
-            o = torch.addmm(b_out, z, w_out)
-            h = (h + o[:, :residual]) * _HALF_SQRT
-            skip = o[:, residual:] if skip is None else skip + o[:, residual:]
-        w1, b1, w2, b2 = self.state.head
-        logits = torch.addmm(b2, torch.relu(torch.addmm(b1, torch.relu(skip), w1)), w2)
+        logits = step(self.weights, self.slots, self.history, self.position, self.prev, self.bias)
         chosen = (logits * self.inv_temperature + self.noise).argmax(-1)
         self.prev.copy_(chosen)
         self.position.add_(1)

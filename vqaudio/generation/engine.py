@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from vqaudio.generation import fast_cpu
+from vqaudio.generation.wavenet_step import StepWeights, Stepper
 from vqaudio.models.wavenet import WaveNet
 
 Backend = Literal["auto", "plain", "fast", "cuda-graph"]
@@ -39,20 +40,20 @@ class GeneratedBlock:
 
 
 class _PlainBackend:
-    """The cached PyTorch step of `WaveNet.step`, looped in Python."""
+    """The cached PyTorch step (`wavenet_step.step`), looped in Python."""
 
     name = "plain"
 
     def __init__(self, net: WaveNet, batch: int) -> None:
         self.net = net
-        self.state = net.start(batch)
+        self.stepper = Stepper(net, batch)
 
     def run(self, t0, n, prev, bias, frame0, hop, noise, inv_temperature, greedy, record):
         classes = torch.empty(prev.shape[0], n, dtype=torch.long, device=prev.device)
         logits_out = torch.empty(prev.shape[0], n, self.net.num_classes, device=prev.device) if record else None
         for s in range(n):
             t = t0 + s
-            logits = self.net.step(self.state, prev, bias[:, t // hop - frame0])
+            logits = self.stepper(prev, bias[:, t // hop - frame0])
             if greedy:
                 prev = logits.argmax(-1)
             else:
@@ -64,32 +65,21 @@ class _PlainBackend:
 
 
 class _FastCpuBackend:
-    """The fused numba kernel: weights copied once into the layout it reads."""
+    """The fused numba kernel, reading the step's weights laid out once (`StepWeights.numpy`)."""
 
     name = "fast"
 
     def __init__(self, net: WaveNet, batch: int) -> None:
-        def arr(t: torch.Tensor) -> np.ndarray:
-            return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
-
-        self.kernel_size = net.kernel_size
-        self.embed = arr(net.embed.weight)
-        # conv weights [L, gate, R, k] -> [L, k*R, gate] (input-major, oldest tap first)
-        self.conv_w = arr(torch.stack([c.weight.permute(2, 1, 0).reshape(-1, net.gate_channels) for c in net.convs]))
-        self.out_w = arr(torch.stack([o.weight.squeeze(-1).t() for o in net.outs]))
-        self.out_b = arr(torch.stack([o.bias for o in net.outs]))
-        first, second = net.head[1], net.head[3]
-        self.head = (arr(first.weight.squeeze(-1).t()), arr(first.bias), arr(second.weight.squeeze(-1).t()), arr(second.bias))
-        spans = [(net.kernel_size - 1) * d for d in net.dilations]
-        self.dilations = np.array(net.dilations, dtype=np.int64)
-        self.spans = np.array(spans, dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(spans)[:-1]]).astype(np.int64)
-        self.history = np.zeros((batch, sum(spans), net.residual_channels), dtype=np.float32)
-        self.classes = net.num_classes
+        weights = StepWeights.from_wavenet(net)
+        self.kernel_size = weights.kernel_size
+        self.arrays = weights.numpy()
+        self.history = np.zeros((batch, sum(weights.spans), weights.residual), dtype=np.float32)
+        self.classes = weights.classes
         self.threads = max(1, min(batch, torch.get_num_threads(), fast_cpu.numba.config.NUMBA_NUM_THREADS))
 
     def run(self, t0, n, prev, bias, frame0, hop, noise, inv_temperature, greedy, record):
         batch = prev.shape[0]
+        w = self.arrays
         prev_np = prev.numpy().astype(np.int64).copy()
         out = np.empty((batch, n), dtype=np.int64)
         logits = np.empty((batch, n, self.classes) if record else (0, 0, 0), dtype=np.float32)
@@ -97,8 +87,8 @@ class _FastCpuBackend:
         fast_cpu.numba.set_num_threads(self.threads)
         fast_cpu.generate_block(
             t0, n, prev_np,
-            self.embed, self.conv_w, self.out_w, self.out_b, *self.head,
-            bias.numpy(), frame0, hop, self.dilations, self.offsets, self.spans, self.kernel_size, self.history,
+            w["embed"], w["conv_w"], w["out_w"], w["out_b"], w["head_w1"], w["head_b1"], w["head_w2"], w["head_b2"],
+            bias.numpy(), frame0, hop, w["dilations"], w["offsets"], w["spans"], self.kernel_size, self.history,
             noise_np, np.float32(inv_temperature), greedy, out, logits, record, self.threads,
         )  # fmt: skip
         return torch.from_numpy(out), (torch.from_numpy(logits) if record else None), torch.from_numpy(prev_np)
@@ -149,7 +139,7 @@ def iter_generate(
     """
     device = net.embed.weight.device
     runner = _choose_backend(net, batch, backend)
-    hop = net.cond_hop if cond is not None else _NO_HOP
+    hop = net.hop if cond is not None else _NO_HOP
     cond_fn = (lambda f0, f1: cond[:, :, f0:f1]) if isinstance(cond, torch.Tensor) else cond
     greedy = temperature <= 0
     inv_temperature = 0.0 if greedy else 1.0 / temperature

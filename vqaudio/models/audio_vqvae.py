@@ -3,45 +3,25 @@
 With `model.top` in the recipe it has two levels (VQ-VAE-2): coarse top codes at 1/ratio of the
 bottom code rate, and bottom codes quantised from the bottom latents plus the top's view of them.
 Two-level codes travel as (bottom [B, 1, F], top [B, 1, F / ratio]); `top` is None for one level.
+Decoding (sampling the WaveNet) is `vqaudio.generation.decode`'s work; `vqaudio.models.build`
+makes this model from a recipe's model section.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqaudio.audio.mulaw import mulaw_decode, mulaw_encode, silence_class
-from vqaudio.generation.engine import Backend, iter_generate
+from vqaudio.audio.mulaw import mulaw_encode, silence_class
 from vqaudio.models.encoder import AudioEncoder
+from vqaudio.models.modes import evaluating
 from vqaudio.models.quantizer import QuantizerOutput, usage_stats
 from vqaudio.models.residual_quantizer import ResidualVectorQuantizer
 from vqaudio.models.top_level import TopLevel
 from vqaudio.models.wavenet import WaveNet
-from vqaudio.recipe import ModelConfig, QuantizerConfig
-
-
-def make_quantizer(vq: QuantizerConfig, num_codes: int, dim: int) -> ResidualVectorQuantizer:
-    return ResidualVectorQuantizer(
-        n_q=vq.n_q,
-        dropout=vq.dropout,
-        num_codes=num_codes,
-        dim=dim,
-        beta=vq.beta,
-        update=vq.update,
-        decay=vq.decay,
-        epsilon=vq.epsilon,
-        init=vq.init,
-        init_batches=vq.init_batches,
-        kmeans_iters=vq.kmeans_iters,
-        restart_threshold=vq.restart_threshold,
-        usage_decay=vq.usage_decay,
-        bias_correction=vq.bias_correction,
-        cosine=vq.cosine,
-    )
 
 
 @dataclass
@@ -55,43 +35,39 @@ class AudioVQVAEOutput:
 class AudioVQVAE(nn.Module):
     """Waveform -> codes at 1/hop of the sample rate -> waveform, as in van den Oord et al. (2017)."""
 
-    def __init__(self, config: ModelConfig, num_speakers: int) -> None:
+    def __init__(
+        self,
+        encoder: AudioEncoder,
+        quantizer: ResidualVectorQuantizer,
+        top: TopLevel | None,
+        speaker_embedding: nn.Embedding | None,
+        cond_net: nn.Module,
+        decoder: WaveNet,
+    ) -> None:
+        """`cond_net` turns the code vectors (with a top level: the bottom vectors and the
+        expanded top features side by side) into the decoder's local conditioning at the code
+        rate; `speaker_embedding` (None: no speaker) feeds its global conditioning."""
         super().__init__()
-        enc, vq, dec = config.encoder, config.quantizer, config.decoder
-        self.encoder = AudioEncoder(enc.channels, vq.dim, enc.downsample_layers, enc.kernel_size, enc.residual_layers)
-        self.quantizer = make_quantizer(vq, vq.codebook_size, vq.dim)
-        top = config.top
-        self.top = (
-            TopLevel(vq.dim, make_quantizer(vq, top.codebook_size, top.dim), top.downsample_layers, top.channels, top.residual_layers)
-            if top is not None
-            else None
-        )
-        self.hop = self.encoder.hop
-        self.num_speakers = num_speakers
-        self.mu_channels = dec.quantization_channels
+        if decoder.hop != encoder.hop:
+            raise ValueError(f"the decoder reads one conditioning frame per {decoder.hop} samples, the encoder makes one per {encoder.hop}")
+        speaker_dim = speaker_embedding.embedding_dim if speaker_embedding is not None else 0
+        if decoder.global_channels != speaker_dim:
+            raise ValueError(f"the decoder takes {decoder.global_channels} speaker channels, not {speaker_dim}")
+        self.encoder = encoder
+        self.quantizer = quantizer
+        self.top = top
+        self.hop = encoder.hop
+        self.num_speakers = speaker_embedding.num_embeddings if speaker_embedding is not None else 1
+        self.mu_channels = decoder.num_classes
         self.silence = silence_class(self.mu_channels)  # the "previous sample" before the first
-        self.speaker_embedding = nn.Embedding(num_speakers, dec.speaker_dim) if dec.speaker_dim else None
-        # A kernel-3 convolution at the latent rate lets each frame see its neighbours before upsampling.
-        # Two levels: the bottom vectors and the expanded top features side by side.
-        cond_in = vq.dim * (2 if self.top is not None else 1)
-        self.cond_net = nn.Sequential(nn.Conv1d(cond_in, dec.cond_channels, 3, padding=1), nn.ReLU())
-        self.cond_context = 1  # frames on each side that one conditioning frame depends on
-        self.decoder = WaveNet(
-            num_classes=dec.quantization_channels,
-            residual_channels=dec.residual_channels,
-            gate_channels=dec.gate_channels,
-            skip_channels=dec.skip_channels,
-            layers=dec.layers,
-            stacks=dec.stacks,
-            kernel_size=dec.kernel_size,
-            cond_channels=dec.cond_channels,
-            global_channels=dec.speaker_dim,
-            cond_hop=self.hop,
-        )
+        self.speaker_embedding = speaker_embedding
+        self.cond_net = cond_net
+        self.cond_context = 1  # frames on each side that one conditioning frame depends on (a kernel-3 convolution)
+        self.decoder = decoder
 
     @property
     def codebook_size(self) -> int:
-        return self.quantizer.num_codes
+        return self.quantizer.codebook_size
 
     @property
     def n_q(self) -> int:
@@ -104,7 +80,17 @@ class AudioVQVAE(nn.Module):
 
     @property
     def top_codebook_size(self) -> int | None:
-        return self.top.quantizer.num_codes if self.top is not None else None
+        return self.top.quantizer.codebook_size if self.top is not None else None
+
+    @property
+    def top_hop(self) -> int:
+        """Samples per coarsest code frame: the hop times the ratio (the hop for one level).
+        Encoding pads the audio to a whole number of these."""
+        return self.hop * self.ratio
+
+    def frames_for(self, num_samples: int) -> int:
+        """Bottom code frames that cover `num_samples` samples."""
+        return max(1, -(-num_samples // self.top_hop)) * self.ratio
 
     @property
     def context_frames(self) -> int:
@@ -112,7 +98,7 @@ class AudioVQVAE(nn.Module):
         own = self.encoder.context_frames
         return own + (self.top.context_frames + own + self.top.expand_context if self.top is not None else 0)
 
-    def _speaker_vector(self, speaker: torch.Tensor) -> torch.Tensor | None:
+    def speaker_vector(self, speaker: torch.Tensor) -> torch.Tensor | None:
         if self.speaker_embedding is None:
             return None
         if not torch.compiler.is_compiling() and (speaker.min() < 0 or speaker.max() >= self.num_speakers):
@@ -125,7 +111,7 @@ class AudioVQVAE(nn.Module):
         quant, top, features = self._quantise(audio, n_q)
         targets = mulaw_encode(audio, self.mu_channels)
         inputs = F.pad(targets[:, :-1], (1, 0), value=self.silence)
-        logits = self.decoder(inputs, self.cond_net(features), self._speaker_vector(speaker))
+        logits = self.decoder(inputs, self.cond_net(features), self.speaker_vector(speaker))
         return AudioVQVAEOutput(logits, targets, quant, top)
 
     def _quantise(
@@ -141,7 +127,7 @@ class AudioVQVAE(nn.Module):
         quant = self.quantizer(z_e + self.top.to_bottom(expanded), n_q=n_q)
         return quant, top, torch.cat([quant.quantized, expanded], dim=1)
 
-    def _check_top(self, top: torch.Tensor | None, frames: int) -> None:
+    def check_top(self, top: torch.Tensor | None, frames: int) -> None:
         if (top is None) != (self.top is None):
             raise ValueError("top codes must be given exactly when the model has a top level")
         if top is not None and top.shape[-1] * self.ratio != frames:
@@ -188,16 +174,16 @@ class AudioVQVAE(nn.Module):
             result.update({f"top_{k}": v for k, v in usage_stats(torch.as_tensor(top_counts)[0]).items()})
         return result
 
-    @torch.no_grad()
     def encode(self, audio: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
         """Audio [B, T] (T a multiple of the hop) -> codes [B, n_q, T / hop] (a two-level model's bottom codes)."""
         return self.encode_levels(audio, n_q)[0]
 
-    @torch.no_grad()
     def encode_levels(self, audio: torch.Tensor, n_q: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Audio [B, T] (T a multiple of hop x ratio) -> (bottom codes [B, n_q, T / hop],
-        top codes [B, 1, T / (hop x ratio)] or None for a one-level model)."""
-        quant, top, _ = self._quantise(audio, n_q)
+        top codes [B, 1, T / (hop x ratio)] or None for a one-level model). Changes nothing in
+        the model, whatever its mode (see `evaluating`)."""
+        with evaluating(self):
+            quant, top, _ = self._quantise(audio, n_q)
         return quant.codes, (top.codes if top is not None else None)
 
     def latent_conditioning(self, codes: torch.Tensor, first: int, last: int, top: torch.Tensor | None = None) -> torch.Tensor:
@@ -215,54 +201,3 @@ class AudioVQVAE(nn.Module):
             vectors = torch.cat([vectors, self.top.expand_codes(top, lo, hi)], dim=1)
         features = self.cond_net(vectors)
         return features[:, :, first - lo : first - lo + (last - first)]
-
-    def iter_decode(
-        self,
-        codes: torch.Tensor,
-        speaker: torch.Tensor,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-        backend: Backend = "auto",
-        top: torch.Tensor | None = None,
-    ) -> Iterator[torch.Tensor]:
-        """Codes [B, n, frames] (the first n codebooks; a two-level model also takes its `top`
-        codes [B, 1, frames / ratio]) -> successive blocks of audio [B, samples] (float in [-1, 1],
-        on the CPU).
-
-        Memory stays bounded whatever the length: conditioning is computed per block."""
-        self._check_top(top, codes.shape[-1])
-        blocks = iter_generate(
-            self.decoder,
-            codes.shape[-1] * self.hop,
-            batch=codes.shape[0],
-            cond=lambda first, last: self.latent_conditioning(codes, first, last, top),
-            global_cond=self._speaker_vector(speaker),
-            first_input=self.silence,
-            temperature=temperature,
-            generator=generator,
-            backend=backend,
-        )
-        for block in blocks:
-            yield mulaw_decode(block.classes, self.mu_channels)
-
-    @torch.inference_mode()
-    def decode(
-        self,
-        codes: torch.Tensor,
-        speaker: torch.Tensor,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-        on_progress: Callable[[int], None] | None = None,
-        backend: Backend = "auto",
-        top: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Codes [B, n, frames] (and `top` codes of a two-level model) -> audio [B, frames * hop]
-        by sampling the WaveNet one sample at a time."""
-        pieces = []
-        done = 0
-        for audio in self.iter_decode(codes, speaker, temperature, generator, backend, top):
-            pieces.append(audio)
-            done += audio.shape[1]
-            if on_progress is not None:
-                on_progress(done)
-        return torch.cat(pieces, dim=1)

@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqaudio.generation.engine import Backend, generate
 from vqaudio.models.encoder import DilatedResidual
-from vqaudio.models.wavenet import IncrementalState, WaveNet
+from vqaudio.models.wavenet import WaveNet
 
 IGNORE = -1  # padding in code batches: excluded from the loss
 
@@ -69,7 +68,7 @@ class CodePrior(nn.Module):
             kernel_size=kernel_size,
             global_channels=speaker_dim,
             cond_channels=residual_channels if condition_codes else 0,
-            cond_hop=condition_ratio * n_q,  # one top frame covers `ratio` frames of n_q tokens
+            hop=condition_ratio * n_q,  # one top frame covers `ratio` frames of n_q tokens
         )
         self.mask_start_logit()
 
@@ -92,14 +91,14 @@ class CodePrior(nn.Module):
         tagged = torch.where(codes >= 0, codes + offsets, codes)
         return tagged.transpose(1, 2).reshape(codes.shape[0], -1)
 
-    def _level_logits(self, logits: torch.Tensor, first_position: int = 0) -> torch.Tensor:
+    def level_logits(self, logits: torch.Tensor, first_position: int = 0) -> torch.Tensor:
         """Full logits [B, L, classes] -> each position's own level's K logits [B, L, K]."""
         length = logits.shape[1]
         levels = (torch.arange(length, device=logits.device) + first_position) % self.n_q
         index = levels[:, None] * self.codebook_size + torch.arange(self.codebook_size, device=logits.device)
         return logits.gather(2, index[None].expand(logits.shape[0], -1, -1))
 
-    def _global(self, speaker: torch.Tensor) -> torch.Tensor | None:
+    def global_features(self, speaker: torch.Tensor) -> torch.Tensor | None:
         return self.speaker(speaker) if self.speaker is not None else None
 
     def condition_features(self, top: torch.Tensor | None) -> torch.Tensor | None:
@@ -119,8 +118,8 @@ class CodePrior(nn.Module):
         tokens = self.tokens(codes)
         start = torch.full_like(tokens[:, :1], self.start_token)
         inputs = torch.cat([start, tokens[:, :-1]], dim=1).clamp_min(0)  # padding only ever follows the end
-        logits = self.wavenet(inputs, self.condition_features(top), self._global(speaker)).transpose(1, 2)
-        return F.log_softmax(self._level_logits(logits).float(), dim=-1)
+        logits = self.wavenet(inputs, self.condition_features(top), self.global_features(speaker)).transpose(1, 2)
+        return F.log_softmax(self.level_logits(logits).float(), dim=-1)
 
     def nll_nats(
         self, codes: torch.Tensor, speaker: torch.Tensor, top: torch.Tensor | None = None
@@ -147,96 +146,3 @@ class CodePrior(nn.Module):
             nats, codes = float(torch.as_tensor(values["nats"]).sum()), float(torch.as_tensor(values["codes"]).sum())
             result["bits_per_code"] = nats / max(codes, 1.0) / math.log(2)
         return result
-
-    # ----- one code at a time (sampling and entropy coding) -----
-
-    def start(self, speaker: torch.Tensor, top: torch.Tensor | None = None) -> PriorStepper:
-        return PriorStepper(self, speaker, top)
-
-
-class PriorStepper:
-    """Cached incremental evaluation of the prior: `log_probs()` for the next code, then `feed(code)`.
-
-    Encoder and decoder of an entropy-coded file both run exactly this, in the same order, so
-    they compute the same probabilities."""
-
-    def __init__(self, prior: CodePrior, speaker: torch.Tensor, top: torch.Tensor | None = None) -> None:
-        self.prior = prior
-        net = prior.wavenet
-        self.state: IncrementalState = net.start(speaker.shape[0])
-        # [B, top frames or 1, layers * gate]: every position's layer inputs from the conditioning
-        with torch.no_grad():
-            self.biases = net.frame_bias(prior.condition_features(top), prior._global(speaker), speaker.shape[0])
-        self.position = 0
-        self.previous = torch.full((speaker.shape[0],), prior.start_token, dtype=torch.long, device=speaker.device)
-        self._pending: torch.Tensor | None = None
-
-    @property
-    def level(self) -> int:
-        return self.position % self.prior.n_q
-
-    @torch.no_grad()
-    def log_probs(self) -> torch.Tensor:
-        """log p(next code) [B, K] (computed once per position)."""
-        if self._pending is None:
-            frame = min(self.position // self.prior.wavenet.cond_hop, self.biases.shape[1] - 1)
-            logits = self.prior.wavenet.step(self.state, self.previous, self.biases[:, frame])
-            level_logits = self.prior._level_logits(logits[:, None], self.position)[:, 0]
-            self._pending = F.log_softmax(level_logits.float(), dim=-1)
-        return self._pending
-
-    def feed(self, codes: torch.Tensor) -> None:
-        """Advance past this position with the codes [B] that occurred there."""
-        if self._pending is None:
-            self.log_probs()
-        self.previous = codes.long() + self.level * self.prior.codebook_size
-        self.position += 1
-        self._pending = None
-
-
-@torch.no_grad()
-def sample_codes(
-    prior: CodePrior,
-    frames: int,
-    speaker: torch.Tensor,
-    temperature: float = 1.0,
-    generator: torch.Generator | None = None,
-    on_progress=None,
-    backend: Backend = "auto",
-    top: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Draw codes [B, n_q, frames] from the prior for each speaker in `speaker` [B] (a bottom
-    prior: given the `top` codes [B, 1, frames / ratio]).
-
-    One codebook: the generation engine (its fastest back end for the device). Several: one
-    level-masked step at a time, since each position may only draw codes of its own level."""
-    if top is not None and top.shape[-1] * prior.condition_ratio != frames:
-        raise ValueError(f"{top.shape[-1]} top frames x ratio {prior.condition_ratio} != {frames} frames")
-    if prior.n_q == 1:
-        result = generate(
-            prior.wavenet,
-            frames,
-            batch=speaker.shape[0],
-            cond=prior.condition_features(top),
-            global_cond=prior._global(speaker),
-            first_input=prior.start_token,
-            temperature=temperature,
-            generator=generator,
-            backend=backend,
-            on_progress=on_progress,
-        )
-        return result.classes[:, None, :].long()
-    stepper = prior.start(speaker, top)
-    out = torch.empty(speaker.shape[0], frames * prior.n_q, dtype=torch.long)
-    for position in range(frames * prior.n_q):
-        log_probs = stepper.log_probs()
-        if temperature <= 0:
-            codes = log_probs.argmax(dim=-1)
-        else:
-            probs = torch.softmax(log_probs / temperature, dim=-1)
-            codes = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(log_probs.device)
-        out[:, position] = codes.cpu()
-        stepper.feed(codes)
-        if on_progress is not None and (position + 1) % prior.n_q == 0:
-            on_progress((position + 1) // prior.n_q)
-    return out.reshape(speaker.shape[0], frames, prior.n_q).transpose(1, 2).contiguous()

@@ -27,7 +27,7 @@ class ImageVQVAE(nn.Module):
 
     @property
     def codebook_size(self) -> int:
-        return self.quantizer.num_codes
+        return self.quantizer.codebook_size
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images = batch["images"]

@@ -54,7 +54,7 @@ class ImageVQVAE2(nn.Module):
 
     @property
     def codebook_size(self) -> int:
-        return self.quantize_bottom.num_codes
+        return self.quantize_bottom.codebook_size
 
     def quantise(self, images: torch.Tensor) -> tuple[Any, Any]:
         features = self.encode_bottom(to_unit_range(images))

@@ -12,7 +12,7 @@ multi-head self-attention on the horizontal stream every few layers (the top pri
 position can look at everything generated before it, not just a receptive field), dropout on
 the residual branches and in the attention, and a spatial conditioning map added to every gate
 (the bottom prior, conditioned on the top codes through `ConditionStack`).
-`vqaudio.models.pixelcnn_sampling` draws codes with cached per-row and per-pixel computation.
+`vqaudio.generation.pixelcnn` draws codes with cached per-row and per-pixel computation.
 """
 
 from __future__ import annotations
@@ -152,9 +152,9 @@ class ConditionStack(nn.Module):
     """Top codes [B, h, w] -> conditioning features [B, channels, h * scale, w * scale]: an
     embedding, a deep residual stack and a transposed-convolution upsampling (VQ-VAE-2's bottom prior)."""
 
-    def __init__(self, num_codes: int, channels: int, blocks: int, scale: int) -> None:
+    def __init__(self, codebook_size: int, channels: int, blocks: int, scale: int) -> None:
         super().__init__()
-        self.embed = nn.Embedding(num_codes, channels)
+        self.embed = nn.Embedding(codebook_size, channels)
         self.blocks = nn.Sequential(*[ResidualBlock2d(channels) for _ in range(blocks)], nn.ReLU())
         ups: list[nn.Module] = []
         while scale > 1:
@@ -171,15 +171,15 @@ class GatedPixelCNN(nn.Module):
     for p(code_ij | codes before ij, label, condition)."""
 
     def __init__(
-        self, num_codes: int, channels: int = 128, layers: int = 15, kernel: int = 5, num_classes: int = 0,
+        self, codebook_size: int, channels: int = 128, layers: int = 15, kernel: int = 5, num_classes: int = 0,
         attention_every: int = 0, heads: int = 4, dropout: float = 0.0,
         condition_codes: int = 0, condition_blocks: int = 0, condition_scale: int = 1,
     ) -> None:  # fmt: skip
         super().__init__()
         if kernel % 2 == 0:
             raise ValueError("kernel must be odd")
-        self.num_codes = num_codes
-        self.embed = nn.Embedding(num_codes, channels)
+        self.codebook_size = codebook_size
+        self.embed = nn.Embedding(codebook_size, channels)
         conditioned = channels if condition_codes else 0
         self.layers = nn.ModuleList(
             GatedLayer(channels, kernel, num_classes, i == 0, conditioned, dropout) for i in range(layers)
@@ -192,7 +192,7 @@ class GatedPixelCNN(nn.Module):
         self.condition_stack = (
             ConditionStack(condition_codes, channels, condition_blocks, condition_scale) if condition_codes else None
         )
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, num_codes, 1))
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, codebook_size, 1))
 
     def condition_features(self, condition: torch.Tensor | None) -> torch.Tensor | None:
         """The conditioning map from top codes (None for an unconditioned prior)."""
@@ -218,3 +218,27 @@ class GatedPixelCNN(nn.Module):
             if str(index) in self.attention:
                 h = self.attention[str(index)](h)
         return self.head(h)
+
+
+class PixelCNNPrior(nn.Module):
+    """The training-loop face of the PixelCNN: summed nats and counts, reported as bits per code."""
+
+    def __init__(self, net: GatedPixelCNN) -> None:
+        super().__init__()
+        self.net = net
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        codes, labels = batch["codes"], batch["labels"]
+        nats = F.cross_entropy(self.net(codes, labels, batch.get("condition")).float(), codes, reduction="sum")
+        count = torch.tensor(float(codes.numel()), device=codes.device)
+        loss = nats / count
+        return loss, {"loss": loss.detach(), "nats": nats.detach().reshape(1), "codes": count.reshape(1)}
+
+    @staticmethod
+    def summarize_metrics(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+        result = {k: float(v) for k, v in values.items() if k not in ("nats", "codes")}
+        if "nats" in values:
+            result["bits_per_code"] = float(torch.as_tensor(values["nats"]).sum()) / float(
+                torch.as_tensor(values["codes"]).sum()
+            ) / math.log(2)
+        return result

@@ -103,7 +103,7 @@ class VectorQuantizer(nn.Module):
 
     def __init__(
         self,
-        num_codes: int,
+        codebook_size: int,
         dim: int,
         beta: float = 0.25,
         update: Literal["ema", "loss"] = "ema",
@@ -122,7 +122,7 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"update must be 'ema' or 'loss', not {update!r}")
         if init not in ("random", "data", "kmeans"):
             raise ValueError(f"init must be 'random', 'data' or 'kmeans', not {init!r}")
-        self.num_codes = num_codes
+        self.codebook_size = codebook_size
         self.dim = dim
         self.beta = beta
         self.update = update
@@ -135,21 +135,24 @@ class VectorQuantizer(nn.Module):
         self.usage_decay = usage_decay
         self.bias_correction = bias_correction
         self.cosine = cosine
-        initial = torch.randn(num_codes, dim)
+        initial = torch.randn(codebook_size, dim)
         if cosine:
             initial = F.normalize(initial, dim=1)
         # 0 until the codebook has been seeded from encoder outputs (saved with the weights).
         self.register_buffer("initialized", torch.tensor(int(init == "random"), dtype=torch.uint8))
-        self.register_buffer("usage", torch.zeros(num_codes))  # EMA of assignments per batch
+        self.register_buffer("usage", torch.zeros(codebook_size))  # EMA of assignments per batch
         if update == "ema":
             self.register_buffer("codebook", initial)
-            self.register_buffer("ema_count", torch.zeros(num_codes))
-            self.register_buffer("ema_sum", torch.zeros(num_codes, dim))
+            self.register_buffer("ema_count", torch.zeros(codebook_size))
+            self.register_buffer("ema_sum", torch.zeros(codebook_size, dim))
             self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
-            self._reset_ema(torch.ones(num_codes, dtype=torch.bool))
+            self._reset_ema(torch.ones(codebook_size, dtype=torch.bool))
         else:
             self.codebook = nn.Parameter(initial)
         self._pending: list[torch.Tensor] = []  # encoder outputs gathered for k-means
+        # Under gradient accumulation the loop sets this: statistics wait for `flush_statistics`.
+        self.defer_statistics = False
+        self._deferred: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     # ----- codebook access -----
 
@@ -196,19 +199,19 @@ class VectorQuantizer(nn.Module):
         self._pending.append(flat)
         if len(self._pending) < self.init_batches:
             if len(self._pending) == 1:  # train with data-seeded codes until k-means has its data
-                everything = torch.ones(self.num_codes, dtype=torch.bool, device=flat.device)
-                self._set_codes(everything, self._sample(gather_rows(flat), self.num_codes))
+                everything = torch.ones(self.codebook_size, dtype=torch.bool, device=flat.device)
+                self._set_codes(everything, self._sample(gather_rows(flat), self.codebook_size))
             return
         data = torch.cat(self._pending)  # this rank's rows: k-means sums its statistics over ranks
         everyone = torch.cat([gather_rows(batch) for batch in self._pending])  # batch by batch, as one process
         self._pending = []
-        seeds = self._sample(everyone, self.num_codes)
+        seeds = self._sample(everyone, self.codebook_size)
         if self.init == "kmeans":
             seeds = kmeans(data, seeds, self.kmeans_iters, cosine=self.cosine)
-        everything = torch.ones(self.num_codes, dtype=torch.bool, device=flat.device)
+        everything = torch.ones(self.codebook_size, dtype=torch.bool, device=flat.device)
         self._set_codes(everything, seeds)
         rows = all_reduce_sum(torch.tensor(float(flat.shape[0]), device=flat.device))
-        self.usage.fill_(float(rows) / self.num_codes)  # a fair share each
+        self.usage.fill_(float(rows) / self.codebook_size)  # a fair share each
         self.initialized.fill_(1)
 
     def _sample(self, flat: torch.Tensor, count: int) -> torch.Tensor:
@@ -230,7 +233,7 @@ class VectorQuantizer(nn.Module):
             debias = 1.0 - self.decay ** int(self.ema_steps)
             count, total_sum = count / debias, total_sum / debias
         total = count.sum()
-        smoothed = (count + self.epsilon) / (total + self.num_codes * self.epsilon) * total
+        smoothed = (count + self.epsilon) / (total + self.codebook_size * self.epsilon) * total
         updated = total_sum / smoothed[:, None]
         if self.cosine:
             updated = F.normalize(updated, dim=1)
@@ -242,13 +245,37 @@ class VectorQuantizer(nn.Module):
         """Re-seed codes whose moving-average usage fell below the threshold; returns how many.
 
         `assignments` is this step's total over all ranks, so every rank finds the same codes dead."""
-        fair = assignments / self.num_codes
+        fair = assignments / self.codebook_size
         dead = self.usage < self.restart_threshold * fair
         count = int(dead.sum())
         if count:
             self._set_codes(dead, self._sample(gather_rows(flat), count))
             self.usage[dead] = fair  # a fresh code gets a fair share of time to be chosen
         return count
+
+    @torch.no_grad()
+    def _learn(self, active: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor, seeds_from: torch.Tensor) -> int:
+        """Update usage, the EMA codebook and dead codes from one step's assignments (`counts`
+        already summed over ranks); returns how many codes were re-seeded."""
+        self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
+        if self.update == "ema":
+            self._ema_update(active, codes, counts)
+        if self.restart_threshold > 0 and self.initialized:
+            return self._restart_dead(seeds_from, float(counts.sum()))
+        return 0
+
+    @torch.no_grad()
+    def flush_statistics(self) -> int:
+        """Learn from every micro-batch seen while `defer_statistics` was set, as from one batch
+        holding them all (the training loop calls this once per optimiser step); returns restarts."""
+        if not self._deferred:
+            return 0
+        active = torch.cat([a for a, _, _ in self._deferred])
+        codes = torch.cat([c for _, c, _ in self._deferred])
+        seeds_from = torch.cat([s for _, _, s in self._deferred])
+        self._deferred = []
+        counts = all_reduce_sum(torch.bincount(codes, minlength=self.codebook_size).float())
+        return self._learn(active, codes, counts, seeds_from)
 
     # ----- forward -----
 
@@ -277,15 +304,14 @@ class VectorQuantizer(nn.Module):
             codes_flat = self.nearest(flat.detach())
             chosen = F.embedding(codes_flat, self.vectors()).view_as(channels_last).movedim(-1, 1)
             active_codes = codes_flat if rows is None else codes_flat[rows]
-            counts = torch.bincount(active_codes, minlength=self.num_codes).float()
+            counts = torch.bincount(active_codes, minlength=self.codebook_size).float()
             restarts = 0
             if learning:
                 all_reduce_sum(counts)
-                self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
-                if self.update == "ema":
-                    self._ema_update(active, active_codes, counts)
-                if self.restart_threshold > 0 and self.initialized:
-                    restarts = self._restart_dead(seeds_from, float(counts.sum()))
+                if self.defer_statistics:  # gradient accumulation: learn once, at the end of the step
+                    self._deferred.append((active, active_codes, seeds_from))
+                else:
+                    restarts = self._learn(active, active_codes, counts, seeds_from)
             weights = None if mask is None else mask.float().view(-1, *([1] * (z.dim() - 1)))
             commitment = _masked_mse(z, chosen.detach(), weights)
             codebook_loss = _masked_mse(z.detach(), chosen, weights)

@@ -28,8 +28,12 @@ class ResidualVectorQuantizer(nn.Module):
         return len(self.levels)
 
     @property
-    def num_codes(self) -> int:
-        return self.levels[0].num_codes
+    def codebook_size(self) -> int:
+        return self.levels[0].codebook_size
+
+    @property
+    def dim(self) -> int:
+        return self.levels[0].dim
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, n, *positions] (n <= n_q) -> the sum of their vectors [B, D, *positions]."""

@@ -31,12 +31,12 @@ class TopLevel(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = AudioEncoder(
-            channels, quantizer.levels[0].dim, downsample_layers, residual_layers=residual_layers, in_channels=bottom_dim
+            channels, quantizer.dim, downsample_layers, residual_layers=residual_layers, in_channels=bottom_dim
         )
         self.quantizer = quantizer
         self.ratio = 2**downsample_layers
         # Nearest-neighbour repetition, then a convolution at the bottom rate that smooths the steps.
-        self.expand_net = nn.Sequential(nn.Conv1d(quantizer.levels[0].dim, bottom_dim, 3, padding=1), nn.ReLU())
+        self.expand_net = nn.Sequential(nn.Conv1d(quantizer.dim, bottom_dim, 3, padding=1), nn.ReLU())
         # How the top's view enters the bottom quantiser's input (added to the bottom latents).
         self.to_bottom = nn.Conv1d(bottom_dim, bottom_dim, 1)
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 from vqaudio.data.corpus import ProgressFn
 from vqaudio.errors import VQAudioError
 from vqaudio.recipe import Recipe
-from vqaudio.train.trainer import TrainSetup
+from vqaudio.train.setup import TrainSetup
 
 
 def build_setup(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainSetup:
     """The TrainSetup for the recipe's `model.kind`."""
     if recipe.model.kind == "audio_vqvae":
-        from vqaudio.tasks.audio_vqvae import build_audio_vqvae
+        from vqaudio.tasks.audio_vqvae import build_audio_vqvae_task
 
-        return build_audio_vqvae(recipe, on_progress)
+        return build_audio_vqvae_task(recipe, on_progress)
     if recipe.model.kind == "code_prior":
-        from vqaudio.tasks.code_prior import build_code_prior
+        from vqaudio.tasks.code_prior import build_code_prior_task
 
-        return build_code_prior(recipe, on_progress)
+        return build_code_prior_task(recipe, on_progress)
     if recipe.model.kind in ("image_vqvae", "image_vae", "image_vqvae2"):
         from vqaudio.tasks.image_models import build_image_task
 

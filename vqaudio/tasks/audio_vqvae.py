@@ -9,9 +9,10 @@ import torch
 
 from vqaudio.data.corpus import AudioCorpus, ProgressFn, heldout_split, prepare_corpus
 from vqaudio.errors import VQAudioError
-from vqaudio.models.audio_vqvae import AudioVQVAE
+from vqaudio.formats.metadata import AudioVQVAEMetadata
+from vqaudio.models.build import build_audio_vqvae
 from vqaudio.recipe import Recipe
-from vqaudio.train.trainer import Batch, Shard, TrainSetup
+from vqaudio.train.setup import Batch, Shard, TrainSetup
 
 KIND = "audio_vqvae"
 
@@ -22,7 +23,7 @@ def crop_batch(corpus: AudioCorpus, items: list[int], starts: list[int], length:
     return {"audio": torch.from_numpy(audio), "speaker": torch.tensor(speaker, dtype=torch.long)}
 
 
-def build_audio_vqvae(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainSetup:
+def build_audio_vqvae_task(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainSetup:
     corpus = prepare_corpus(recipe.data, on_progress)
     train_items, valid_items = heldout_split(corpus, recipe.data.valid_per_speaker, recipe.data.valid_max)
     if not train_items:
@@ -46,17 +47,17 @@ def build_audio_vqvae(recipe: Recipe, on_progress: ProgressFn | None = None) -> 
             yield crop_batch(corpus, items, starts, crop)
 
     torch.manual_seed(recipe.seed)
-    model = AudioVQVAE(recipe.model, num_speakers=len(corpus.speakers))
-    metadata = {
-        "speakers": corpus.speakers,
-        "speaker_info": corpus.speaker_info,
-        "sample_rate": recipe.data.sample_rate,
-        "hop": model.hop,
-        "codebook_size": model.codebook_size,
-        "n_q": model.n_q,
-        "ratio": model.ratio,  # bottom frames per top frame (1: one level)
-        "top_codebook_size": model.top_codebook_size,
-        "train_utterances": len(train_items),
-        "valid_ids": [corpus.ids[i] for i in valid_items],
-    }
+    model = build_audio_vqvae(recipe.model, num_speakers=len(corpus.speakers))
+    metadata = AudioVQVAEMetadata(
+        speakers=corpus.speakers,
+        speaker_info=corpus.speaker_info,
+        sample_rate=recipe.data.sample_rate,
+        hop=model.hop,
+        codebook_size=model.codebook_size,
+        n_q=model.n_q,
+        ratio=model.ratio,
+        top_codebook_size=model.top_codebook_size,
+        train_utterances=len(train_items),
+        valid_ids=[corpus.ids[i] for i in valid_items],
+    )
     return TrainSetup(KIND, model, train_batch, valid_batches, metadata)

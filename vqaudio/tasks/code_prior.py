@@ -7,22 +7,23 @@ codes (a prior conditioned on the top codes above them; crops start on whole top
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dataclasses import replace
-
-from vqaudio.code_corpus import CodeCorpus, extract_code_corpus
-from vqaudio.codec import load_codec
 from vqaudio.data.corpus import ProgressFn
 from vqaudio.errors import VQAudioError
-from vqaudio.models.code_prior import IGNORE, CodePrior
-from vqaudio.recipe import PriorConfig, Recipe
-from vqaudio.train.checkpoint import list_checkpoints
+from vqaudio.formats.checkpoint import list_checkpoints, read_checkpoint
+from vqaudio.formats.metadata import AudioVQVAEMetadata, CodePriorMetadata
+from vqaudio.models.audio_vqvae import AudioVQVAE
+from vqaudio.models.build import build_code_prior, build_model
+from vqaudio.models.code_prior import IGNORE
+from vqaudio.recipe import Recipe
+from vqaudio.tasks.code_corpus import CodeCorpus, extract_code_corpus
 from vqaudio.train.run_dir import newest_checkpoint
-from vqaudio.train.trainer import Batch, Shard, TrainSetup
+from vqaudio.train.setup import Batch, Shard, TrainSetup
 
 KIND = "code_prior"
 
@@ -41,28 +42,6 @@ def resolve_vqvae(spec: str, runs_dir: Path, kind: str = "audio_vqvae", two_leve
             raise VQAudioError(f"prior.vqvae {spec!r}: the folder holds no checkpoints; give a VQ-VAE run folder")
         return found[-1]
     raise VQAudioError(f"prior.vqvae {spec!r}: no such run folder or checkpoint (or use prior.vqvae=newest)")
-
-
-def build_prior_model(
-    config: PriorConfig, codebook_size: int, n_q: int, num_speakers: int, condition_codes: int = 0, condition_ratio: int = 1
-) -> CodePrior:
-    """The prior a recipe describes; a bottom prior is conditioned on `condition_codes` top codes,
-    one per `condition_ratio` frames."""
-    return CodePrior(
-        codebook_size,
-        n_q,
-        num_speakers,
-        layers=config.layers,
-        stacks=config.stacks,
-        kernel_size=config.kernel_size,
-        residual_channels=config.residual_channels,
-        gate_channels=config.gate_channels,
-        skip_channels=config.skip_channels,
-        speaker_dim=config.speaker_dim,
-        condition_codes=condition_codes,
-        condition_ratio=condition_ratio,
-        condition_blocks=config.condition_blocks,
-    )
 
 
 def code_batch(corpus: CodeCorpus, items: list[int], starts: list[int], length: int, with_top: bool = False) -> Batch:
@@ -97,21 +76,26 @@ def _check_level(level: str | None, two_level: bool, checkpoint: Path) -> None:
         raise VQAudioError(f"prior.level {level}: {checkpoint} is a one-level VQ-VAE; remove prior.level")
 
 
-def build_code_prior(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainSetup:
+def build_code_prior_task(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainSetup:
     assert recipe.prior is not None  # the recipe schema insists
     # a prior with a level is over a two-level model, one without over a one-level model: "newest" of those
-    checkpoint = resolve_vqvae(recipe.prior.vqvae, Path(recipe.train.runs_dir), two_level=recipe.prior.level is not None)
-    codec = load_codec(checkpoint, torch.device("cpu"))
-    corpus, cache = extract_code_corpus(codec, on_progress)
+    checkpoint = read_checkpoint(resolve_vqvae(recipe.prior.vqvae, Path(recipe.train.runs_dir), two_level=recipe.prior.level is not None))
+    if checkpoint.kind != "audio_vqvae":
+        raise VQAudioError(f"prior.vqvae: {checkpoint.path} holds a {checkpoint.kind} model, not an audio VQ-VAE")
+    vq = build_model(checkpoint)
+    meta = checkpoint.metadata
+    assert isinstance(vq, AudioVQVAE) and isinstance(meta, AudioVQVAEMetadata)
+    corpus, cache = extract_code_corpus(vq, checkpoint, on_progress)
     if not corpus.train:
-        raise VQAudioError(f"{checkpoint}: its corpus has no utterances left for training after the held-out split")
+        raise VQAudioError(f"{checkpoint.path}: its corpus has no utterances left for training after the held-out split")
     level = recipe.prior.level
-    _check_level(level, codec.two_level, checkpoint)
+    two_level = vq.top is not None
+    _check_level(level, two_level, checkpoint.path)
     crop = recipe.prior.crop_frames
     conditioned = level == "bottom"
-    step_frames = codec.ratio if conditioned else 1  # a bottom crop starts and ends on whole top frames
-    if conditioned and crop % codec.ratio:
-        raise VQAudioError(f"prior.crop_frames ({crop}) must be a multiple of {codec.ratio}, the bottom frames per top code")
+    step_frames = vq.ratio if conditioned else 1  # a bottom crop starts and ends on whole top frames
+    if conditioned and crop % vq.ratio:
+        raise VQAudioError(f"prior.crop_frames ({crop}) must be a multiple of {vq.ratio}, the bottom frames per top code")
     if level == "top":
         corpus = top_level_view(corpus)
     batch_size = recipe.train.batch_size
@@ -130,25 +114,26 @@ def build_code_prior(recipe: Recipe, on_progress: ProgressFn | None = None) -> T
             yield code_batch(corpus, items, [0] * len(items), max(corpus.frames(i) for i in items), conditioned)
 
     torch.manual_seed(recipe.seed)
-    top_size = codec.model.top_codebook_size or 0
+    top_size = vq.top_codebook_size or 0
+    speakers = len(meta.speakers)
     if level == "top":
-        model = build_prior_model(recipe.prior, top_size, 1, len(codec.speakers))
+        model = build_code_prior(recipe.prior, top_size, 1, speakers)
     else:
         condition = top_size if conditioned else 0
-        model = build_prior_model(recipe.prior, codec.codebook_size, codec.n_q, len(codec.speakers), condition, codec.ratio)
-    metadata = {
-        "speakers": codec.speakers,
-        "sample_rate": codec.sample_rate,
-        "hop": codec.block if level == "top" else codec.hop,
-        "codebook_size": model.codebook_size,
-        "n_q": model.n_q,
-        "level": level,  # None over a one-level VQ-VAE
-        "ratio": codec.ratio,
-        "condition_codes": top_size if conditioned else 0,
-        "vqvae_checkpoint": str(checkpoint.resolve()),
-        "vqvae_fingerprint": codec.fingerprint,
-        "code_cache": str(cache),
-        "train_utterances": len(corpus.train),
-        "valid_ids": [corpus.ids[i] for i in corpus.valid],
-    }
+        model = build_code_prior(recipe.prior, vq.codebook_size, vq.n_q, speakers, condition, vq.ratio)
+    metadata = CodePriorMetadata(
+        speakers=meta.speakers,
+        sample_rate=meta.sample_rate,
+        hop=vq.top_hop if level == "top" else vq.hop,
+        codebook_size=model.codebook_size,
+        n_q=model.n_q,
+        level=level,
+        ratio=vq.ratio,
+        condition_codes=top_size if conditioned else 0,
+        vqvae_checkpoint=str(checkpoint.path.resolve()),
+        vqvae_fingerprint=checkpoint.fingerprint,
+        code_cache=str(cache),
+        train_utterances=len(corpus.train),
+        valid_ids=[corpus.ids[i] for i in corpus.valid],
+    )
     return TrainSetup(KIND, model, train_batch, valid_batches, metadata)

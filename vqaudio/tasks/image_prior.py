@@ -17,43 +17,22 @@ from torch import nn
 from vqaudio.data.corpus import ProgressFn
 from vqaudio.errors import VQAudioError
 from vqaudio.fileio import atomic_output
-from vqaudio.image_codec import LoadedModel, build_pixelcnn, load_image_model
-from vqaudio.models.pixelcnn import GatedPixelCNN
+from vqaudio.data.images import load_image_splits
+from vqaudio.formats.checkpoint import Checkpoint, read_checkpoint
+from vqaudio.formats.metadata import ImageModelMetadata, ImagePriorMetadata
+from vqaudio.models.build import build_model, build_pixelcnn
+from vqaudio.models.modes import evaluating
 from vqaudio.recipe import Recipe
 from vqaudio.tasks.code_prior import resolve_vqvae
-from vqaudio.tasks.image_models import load_image_splits
-from vqaudio.train.trainer import Batch, Shard, TrainSetup
+from vqaudio.train.setup import Batch, Shard, TrainSetup
 
 KIND = "image_prior"
 
 
-class PixelCNNPrior(nn.Module):
-    """The training-loop face of the PixelCNN: summed nats and counts, reported as bits per code."""
-
-    def __init__(self, net: GatedPixelCNN) -> None:
-        super().__init__()
-        self.net = net
-
-    def training_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        codes, labels = batch["codes"], batch["labels"]
-        nats = F.cross_entropy(self.net(codes, labels, batch.get("condition")).float(), codes, reduction="sum")
-        count = torch.tensor(float(codes.numel()), device=codes.device)
-        loss = nats / count
-        return loss, {"loss": loss.detach(), "nats": nats.detach().reshape(1), "codes": count.reshape(1)}
-
-    @staticmethod
-    def summarize_metrics(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
-        result = {k: float(v) for k, v in values.items() if k not in ("nats", "codes")}
-        if "nats" in values:
-            result["bits_per_code"] = float(torch.as_tensor(values["nats"]).sum()) / float(
-                torch.as_tensor(values["codes"]).sum()
-            ) / math.log(2)
-        return result
-
-
-def image_code_maps(vq: LoadedModel, on_progress: ProgressFn | None = None) -> dict[str, np.ndarray]:
-    """Code maps and labels of the VQ-VAE's training and held-out images (cached beside its run)."""
-    folder = vq.checkpoint.resolve().parent
+def image_code_maps(model: nn.Module, vq: Checkpoint, on_progress: ProgressFn | None = None) -> dict[str, np.ndarray]:
+    """Code maps and labels of the training and held-out images of the VQ-VAE in `vq` (built as
+    `model`), cached beside its run. The model is not changed."""
+    folder = vq.path.resolve().parent
     folder = folder.parent if folder.name == "checkpoints" else folder
     cache = folder / "codes" / f"{vq.fingerprint}-images.npz"
     if cache.exists():
@@ -64,7 +43,8 @@ def image_code_maps(vq: LoadedModel, on_progress: ProgressFn | None = None) -> d
     for name, images in (("train", train), ("valid", valid)):
         pieces: dict[str, list[np.ndarray]] = {"codes": [], "top": []}
         for first in range(0, len(images), 256):
-            encoded = vq.model.encode(torch.from_numpy(images.images[first : first + 256]))
+            with evaluating(model):
+                encoded = model.encode(torch.from_numpy(images.images[first : first + 256]))
             if isinstance(encoded, tuple):  # VQ-VAE-2: (top, bottom)
                 pieces["top"].append(encoded[0].cpu().numpy().astype(np.int16))
                 encoded = encoded[1]
@@ -84,13 +64,15 @@ def build_image_prior(recipe: Recipe, on_progress: ProgressFn | None = None) -> 
     level = recipe.prior.level
     wanted = "image_vqvae2" if level else "image_vqvae"
     checkpoint = resolve_vqvae(recipe.prior.vqvae, Path(recipe.train.runs_dir), kind=wanted)
-    vq = load_image_model(checkpoint, torch.device("cpu"))
+    vq = read_checkpoint(checkpoint)
     if vq.kind == "image_vae":
         raise VQAudioError(f"{checkpoint}: an image_vae has no codes; a PixelCNN prior needs an image VQ-VAE")
     if vq.kind != wanted:
         hint = "set prior.level to top or bottom" if vq.kind == "image_vqvae2" else "remove prior.level"
         raise VQAudioError(f"{checkpoint}: a {vq.kind}, so {hint}")
-    maps = image_code_maps(vq, on_progress)
+    vq_model, vq_meta = build_model(vq), vq.metadata
+    assert isinstance(vq_meta, ImageModelMetadata)
+    maps = image_code_maps(vq_model, vq, on_progress)
     key = "top" if level == "top" else "codes"
     train_codes, train_labels = maps[f"train_{key}"], maps["train_labels"]
     conditioned = level == "bottom"
@@ -116,16 +98,16 @@ def build_image_prior(recipe: Recipe, on_progress: ProgressFn | None = None) -> 
     torch.manual_seed(recipe.seed)
     top_shape = list(maps["train_top"].shape[1:]) if conditioned else None
     scale = train_codes.shape[1] // top_shape[0] if top_shape else 1
-    net = build_pixelcnn(recipe, vq.model.codebook_size, len(vq.class_names), conditioned, scale)
-    metadata = {
-        "class_names": vq.class_names,
-        "code_shape": list(train_codes.shape[1:]),
-        "level": level,
-        "condition_shape": top_shape,
-        "codebook_size": vq.model.codebook_size,
-        "image_shape": vq.metadata.get("image_shape"),
-        "vqvae_checkpoint": str(checkpoint.resolve()),
-        "vqvae_fingerprint": vq.fingerprint,
-        "valid_images": valid_count,
-    }
-    return TrainSetup(KIND, PixelCNNPrior(net), train_batch, valid_batches, metadata)
+    model = build_pixelcnn(recipe.prior, vq_model.codebook_size, len(vq_meta.class_names), conditioned, scale)
+    metadata = ImagePriorMetadata(
+        class_names=vq_meta.class_names,
+        code_shape=list(train_codes.shape[1:]),
+        level=level,
+        condition_shape=top_shape,
+        codebook_size=vq_model.codebook_size,
+        image_shape=vq_meta.image_shape,
+        vqvae_checkpoint=str(checkpoint.resolve()),
+        vqvae_fingerprint=vq.fingerprint,
+        valid_images=valid_count,
+    )
+    return TrainSetup(KIND, model, train_batch, valid_batches, metadata)

@@ -9,15 +9,21 @@ share of every step's batch, and only rank 0 writes the run folder, logs and pro
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from vqaudio.errors import VQAudioError
+from vqaudio.train.rng import preserved_rng
 
 # Long enough for rank 0 to validate or write a checkpoint while the others wait at the next step.
 TIMEOUT = timedelta(minutes=30)
@@ -120,3 +126,29 @@ def reduce_step(job: Distributed, values: torch.Tensor) -> torch.Tensor:
     if job.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def has_unused_parameters(model: nn.Module, probe_step: Callable[[nn.Module], torch.Tensor], device: torch.device) -> bool:
+    """Whether some parameter gets no gradient (the PixelCNN's last vertical layer, say), found by
+    one step (`probe_step(copy) -> loss`) on a copy of the model. DDP must then look for them after
+    every backward pass, which costs a graph traversal, so it is only asked to when needed. Every
+    random generator (the CPU's, and the GPU's on CUDA) is left as it was."""
+    with preserved_rng(device):
+        probe = copy.deepcopy(model).train()
+        probe_step(probe).backward()
+        return any(p.grad is None for p in probe.parameters() if p.requires_grad)
+
+
+def data_parallel(step_module: nn.Module, device: torch.device, find_unused: bool) -> DistributedDataParallel:
+    """Wrap the step in DDP. Buffers are not synchronised in forward: the quantiser keeps its
+    codebook identical on every rank by summing its statistics (the fingerprints compared at
+    each checkpoint check that), and a broadcast would hide a rank that drifted."""
+    options: dict[str, Any] = {
+        "device_ids": [device.index] if device.type == "cuda" else None,
+        "find_unused_parameters": find_unused,
+    }
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        options["forward_sync_buffers"] = False  # still syncs once at start: every rank begins equal
+    else:
+        options["broadcast_buffers"] = False
+    return DistributedDataParallel(step_module, **options)

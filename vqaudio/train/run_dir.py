@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from vqaudio.errors import VQAudioError
-from vqaudio.train.checkpoint import list_checkpoints
+from vqaudio.formats.checkpoint import list_checkpoints
 
 
 def create_run_dir(runs_dir: Path, name: str, info: dict[str, Any]) -> Path:
@@ -66,53 +66,44 @@ def is_two_level(run: Path) -> bool:
     return isinstance(recipe, dict) and bool((recipe.get("model") or {}).get("top"))
 
 
-def newest_checkpoint(runs_dir: Path, kind: str, two_level: bool | None = None) -> Path:
-    """The most recently written checkpoint of a run of `kind` under `runs_dir` (of a two-level
-    or a one-level audio model only, when `two_level` says which)."""
+def newest_checkpoint(runs_dir: Path, kinds: str | tuple[str, ...], two_level: bool | None = None) -> Path:
+    """The most recently written checkpoint of a run of any of `kinds` under `runs_dir` (of a
+    two-level or a one-level audio model only, when `two_level` says which)."""
+    kinds = (kinds,) if isinstance(kinds, str) else kinds
     candidates = []
     if runs_dir.is_dir():
         for run_json in runs_dir.glob("*/*/run.json"):
             run = run_json.parent
-            if run_kind(run) == kind and (two_level is None or is_two_level(run) == two_level):
+            if run_kind(run) in kinds and (two_level is None or is_two_level(run) == two_level):
                 candidates += list_checkpoints(run)
     if not candidates:
         what = {None: "", True: "two-level ", False: "one-level "}[two_level]
-        example = "recipes/demo_vqvae2.yaml" if two_level else EXAMPLE_RECIPES.get(kind, "recipes/demo.yaml")
+        example = "recipes/demo_vqvae2.yaml" if two_level else EXAMPLE_RECIPES.get(kinds[0], "recipes/demo.yaml")
+        names = " or ".join(kinds)
         raise VQAudioError(
-            f"no {what}{kind} checkpoint under {runs_dir}/; train one first (vqaudio train {example}) or pass -c CHECKPOINT"
+            f"no {what}{names} checkpoint under {runs_dir}/; train one first (vqaudio train {example}) or pass -c CHECKPOINT"
         )
     return max(candidates, key=lambda p: p.stat().st_mtime_ns)
 
 
-def newest_prior_at_level(runs_dir: Path, kind: str, level: str, vqvae_fingerprint: str) -> Path | None:
-    """The newest checkpoint of a `kind` prior at `level` ("top" or "bottom") over the VQ-VAE with
-    `vqvae_fingerprint`, under `runs_dir`; None when there is none. A two-level model's priors
-    find their partner this way."""
-    from vqaudio.train.checkpoint import load_checkpoint
-
-    found = []
-    for run_json in runs_dir.glob("*/*/run.json") if runs_dir.is_dir() else []:
-        checkpoints = list_checkpoints(run_json.parent) if run_kind(run_json.parent) == kind else []
-        if checkpoints:
-            meta = load_checkpoint(checkpoints[-1]).get("metadata") or {}
-            if meta.get("level") == level and meta.get("vqvae_fingerprint") == vqvae_fingerprint:
-                found.append(checkpoints[-1])
-    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
-
-
-def needs_bottom_prior(checkpoint: str | Path, level: str | None, bottom: str | Path | None) -> bool:
-    """Whether the prior at `checkpoint` (of `level`) is a top prior that needs its bottom partner;
-    one-line errors for a bottom prior given first, or --bottom beside a one-level prior."""
-    if level == "bottom":
-        raise VQAudioError(f"{checkpoint}: a bottom prior; give the top prior (-c) and this one with --bottom")
-    if level is None and bottom is not None:
-        raise VQAudioError(f"--bottom: {checkpoint} is a prior over one-level codes; there is no bottom level")
-    return level == "top"
+def run_folders(runs_dir: Path, kind: str) -> list[Path]:
+    """Every run folder of `kind` under `runs_dir` (runs/<name>/<run>/)."""
+    if not runs_dir.is_dir():
+        return []
+    return sorted(run.parent for run in runs_dir.glob("*/*/run.json") if run_kind(run.parent) == kind)
 
 
 def runs_dir_of(checkpoint: Path) -> Path:
-    """The runs folder a checkpoint's run sits in (runs/<name>/<run>/checkpoints/step_N.pt)."""
-    return checkpoint.resolve().parents[3]
+    """The runs folder a checkpoint's run sits in (runs/<name>/<run>/checkpoints/step_N.pt); a
+    one-line error for a checkpoint kept anywhere else."""
+    resolved = checkpoint.resolve()
+    parents = resolved.parents
+    if len(parents) < 4 or parents[0].name != "checkpoints":
+        raise VQAudioError(
+            f"{checkpoint}: not inside a run folder (runs/<name>/<run>/checkpoints/), so its partner cannot be "
+            "looked for beside it; pass it explicitly (--bottom)"
+        )
+    return parents[3]
 
 
 def resolve_run_dir(path: Path) -> Path:

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vqaudio.codec import Codec, encode_chunks
 from vqaudio.data.corpus import ProgressFn, heldout_split, prepare_corpus
 from vqaudio.errors import VQAudioError
 from vqaudio.fileio import atomic_output
-from vqaudio.recipe import validate_recipe
+from vqaudio.formats.checkpoint import Checkpoint
+from vqaudio.formats.metadata import AudioVQVAEMetadata
+from vqaudio.models.audio_vqvae import AudioVQVAE
+from vqaudio.models.streaming import encode_chunks
 
 
 @dataclass
@@ -59,31 +61,35 @@ def _load(path: Path) -> CodeCorpus:
         )
 
 
-def extract_code_corpus(codec: Codec, on_progress: ProgressFn | None = None) -> tuple[CodeCorpus, Path]:
-    """Codes of every utterance of the corpus `codec` was trained on (cached); returns (corpus, cache file)."""
-    recipe = validate_recipe(codec.recipe, f"{codec.checkpoint} (embedded recipe)")
+def extract_code_corpus(
+    model: AudioVQVAE, checkpoint: Checkpoint, on_progress: ProgressFn | None = None
+) -> tuple[CodeCorpus, Path]:
+    """Codes of every utterance of the corpus the VQ-VAE in `checkpoint` (built as `model`) was
+    trained on (cached); returns (corpus, cache file). The model is not changed."""
+    recipe, meta = checkpoint.recipe, checkpoint.metadata
+    assert isinstance(meta, AudioVQVAEMetadata)
     audio = prepare_corpus(recipe.data)
     train, valid = heldout_split(audio, recipe.data.valid_per_speaker, recipe.data.valid_max)
     key = hashlib.sha256(json.dumps([audio.ids, audio.lengths, audio.speakers]).encode()).hexdigest()[:12]
-    folder = codec.checkpoint.resolve().parent
+    folder = checkpoint.path.resolve().parent
     if folder.name == "checkpoints":  # runs/<name>/<timestamp>/checkpoints/step_N.pt: beside the run's files
         folder = folder.parent
-    cache = folder / "codes" / f"{codec.fingerprint}-{key}.npz"
+    cache = folder / "codes" / f"{checkpoint.fingerprint}-{key}.npz"
     if cache.exists():
         return _load(cache), cache
-    missing = sorted(set(audio.speakers) - set(codec.speakers))
+    missing = sorted(set(audio.speakers) - set(meta.speakers))
     if missing:
-        raise VQAudioError(f"{codec.checkpoint}: its corpus now has speakers the model does not know ({', '.join(missing)})")
+        raise VQAudioError(f"{checkpoint.path}: its corpus now has speakers the model does not know ({', '.join(missing)})")
     pieces, top_pieces, offsets = [], [], [0]
     for i in range(len(audio)):
-        encoded = encode_chunks(codec, [audio.audio(i)])
+        encoded = encode_chunks(model, [audio.audio(i)])
         pieces.append(encoded.codes)
         if encoded.top is not None:
             top_pieces.append(encoded.top)
         offsets.append(offsets[-1] + encoded.codes.shape[1])
         if on_progress:
             on_progress(i + 1, len(audio))
-    speakers = np.array([codec.speakers.index(audio.speakers[s]) for s in audio.speaker_index], dtype=np.int64)
+    speakers = np.array([meta.speakers.index(audio.speakers[s]) for s in audio.speaker_index], dtype=np.int64)
     arrays = {
         "ids": np.array(audio.ids, dtype=str),
         "speaker_index": speakers,
@@ -93,7 +99,7 @@ def extract_code_corpus(codec: Codec, on_progress: ProgressFn | None = None) -> 
         "train": np.array(train, dtype=np.int64),
     }
     if top_pieces:  # a two-level model: every utterance covers whole top frames
-        arrays.update(top=np.concatenate(top_pieces, axis=1), ratio=np.array(codec.ratio, dtype=np.int64))
+        arrays.update(top=np.concatenate(top_pieces, axis=1), ratio=np.array(model.ratio, dtype=np.int64))
     cache.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(cache) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)

@@ -1,4 +1,6 @@
-"""Starting or resuming a training run from a recipe: the function `vqaudio train` calls."""
+"""Starting or resuming a training run from a recipe: the function `vqaudio train` calls.
+
+It joins a task (which data, which model) to the loop (`vqaudio.train`), which knows no task."""
 
 from __future__ import annotations
 
@@ -17,11 +19,11 @@ from vqaudio.recipe import (
     validate_recipe,
 )
 from vqaudio.tasks import build_setup
-from vqaudio.train.checkpoint import list_checkpoints, load_checkpoint
+from vqaudio.formats.checkpoint import list_checkpoints, load_checkpoint
 from vqaudio.train.distributed import Distributed, barrier, broadcast_text, distributed_job
 from vqaudio.train.metrics_log import check_tensorboard_available
 from vqaudio.train.run_dir import create_run_dir, point_latest, resolve_run_dir
-from vqaudio.train.trainer import Trainer, TrainResult
+from vqaudio.train.loop import Trainer, TrainResult
 
 
 def resume_recipe(run_dir: Path, overrides: list[str]) -> Recipe:

@@ -4,54 +4,52 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
 from rich.table import Table
 
-from vqaudio.train.checkpoint import load_checkpoint
+from vqaudio.bitrate import bitrate
+from vqaudio.formats.checkpoint import read_checkpoint
+from vqaudio.formats.metadata import AudioVQVAEMetadata, CodePriorMetadata, ImageModelMetadata, ImagePriorMetadata
+from vqaudio.inference.load import resolve_checkpoint
 
 
-def checkpoint_summary(path: Path) -> dict:
-    """The facts `vqaudio info` prints, as a plain dict (also handy in a notebook)."""
-    payload = load_checkpoint(path)
-    meta = payload.get("metadata", {})
-    summary = {
-        "kind": payload.get("kind"),
-        "step": payload.get("step"),
-        "fingerprint": payload.get("fingerprint"),
-        "recipe": payload.get("recipe"),
-        "speakers": meta.get("speakers", []),
-        "speaker_info": meta.get("speaker_info", {}),
-        "valid": payload.get("valid", {}),
+def checkpoint_summary(path: Path) -> dict[str, Any]:
+    """The facts `vqaudio info` prints, as a plain dict (also handy in a notebook or as JSON)."""
+    checkpoint = read_checkpoint(resolve_checkpoint(path))
+    meta = checkpoint.metadata
+    summary: dict[str, Any] = {
+        "kind": checkpoint.kind,
+        "step": checkpoint.step,
+        "fingerprint": checkpoint.fingerprint,
+        "recipe": checkpoint.payload.get("recipe"),
+        "speakers": getattr(meta, "speakers", []),
+        "speaker_info": getattr(meta, "speaker_info", {}),
+        "valid": checkpoint.valid,
     }
-    if "class_names" in meta:  # image models and their priors
-        summary.update(classes=meta["class_names"], code_shape=meta.get("code_shape"), level=meta.get("level"),
-                       vqvae_checkpoint=meta.get("vqvae_checkpoint"), image_shape=meta.get("image_shape"))  # fmt: skip
-    if "hop" in meta:
-        per_book = meta["sample_rate"] / meta["hop"] * math.log2(meta["codebook_size"])
-        n_q = int(meta.get("n_q", 1))
+    if isinstance(meta, (ImageModelMetadata, ImagePriorMetadata)):
+        prior = isinstance(meta, ImagePriorMetadata)
+        summary.update(classes=meta.class_names, image_shape=meta.image_shape, code_shape=meta.code_shape if prior else None,
+                       level=meta.level if prior else None, vqvae_checkpoint=meta.vqvae_checkpoint if prior else None)  # fmt: skip
+    if isinstance(meta, (AudioVQVAEMetadata, CodePriorMetadata)):
         summary.update(
-            sample_rate=meta["sample_rate"],
-            hop=meta["hop"],
-            codebook_size=meta["codebook_size"],
-            n_q=n_q,
-            bitrate=n_q * per_book,
-            bitrates=[n * per_book for n in range(1, n_q + 1)],
-            level=meta.get("level"),
+            sample_rate=meta.sample_rate,
+            hop=meta.hop,
+            codebook_size=meta.codebook_size,
+            n_q=meta.n_q,
+            bitrate=bitrate(meta.sample_rate, meta.hop, meta.codebook_size, meta.n_q),
+            bitrates=[bitrate(meta.sample_rate, meta.hop, meta.codebook_size, n) for n in range(1, meta.n_q + 1)],
+            level=getattr(meta, "level", None),
         )
-        ratio, top_size = int(meta.get("ratio") or 1), meta.get("top_codebook_size")
-        if summary["kind"] == "audio_vqvae" and top_size:  # a two-level model: the top level adds its own bits
-            top_rate = meta["sample_rate"] / (meta["hop"] * ratio) * math.log2(top_size)
-            summary.update(ratio=ratio, top_codebook_size=top_size, top_bitrate=top_rate, bitrate=summary["bitrate"] + top_rate)
+        if isinstance(meta, AudioVQVAEMetadata) and meta.top_codebook_size:  # two levels: the top adds its own bits
+            total = bitrate(meta.sample_rate, meta.hop, meta.codebook_size, meta.n_q, meta.ratio, meta.top_codebook_size)
+            summary.update(ratio=meta.ratio, top_codebook_size=meta.top_codebook_size, top_bitrate=total - summary["bitrate"], bitrate=total)
         bits = summary["valid"].get("bits_per_code")
-        if summary["kind"] == "code_prior" and bits is not None:
-            codes_per_second = n_q * meta["sample_rate"] / meta["hop"]
-            summary.update(
-                vqvae_checkpoint=meta.get("vqvae_checkpoint"),
-                bits_per_code=bits,
-                prior_bitrate=codes_per_second * bits,
-            )
+        if isinstance(meta, CodePriorMetadata) and bits is not None:
+            codes_per_second = meta.n_q * meta.sample_rate / meta.hop
+            summary.update(vqvae_checkpoint=meta.vqvae_checkpoint, bits_per_code=bits, prior_bitrate=codes_per_second * bits)
     return summary
 
 

@@ -6,13 +6,17 @@ import hashlib
 import pickle
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from vqaudio.errors import VQAudioError
 from vqaudio.fileio import atomic_output
+from vqaudio.formats.metadata import METADATA, Metadata
+from vqaudio.recipe import Recipe, validate_recipe
 
 CHECKPOINT_FORMAT = "vqaudio-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -59,7 +63,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise VQAudioError(f"{path}: not a vqaudio checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:
         raise VQAudioError(
-            f"{path}: checkpoint format version {payload.get('version')} is not supported "
+            f"{path}: checkpoint format version {payload.get('version')!r} is not supported "
             f"(this vqaudio reads version {CHECKPOINT_VERSION})"
         )
     model = payload.get("model")
@@ -90,3 +94,70 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def checkpoint_kind(path: str | Path) -> str | None:
     """The model kind a checkpoint holds ("audio_vqvae", "code_prior", ...), read safely."""
     return load_checkpoint(path).get("kind")
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read and checked: its kind, recipe and metadata typed, its weights as saved."""
+
+    path: Path
+    kind: str
+    step: int
+    fingerprint: str
+    recipe: Recipe
+    metadata: Metadata
+    valid: dict[str, float]
+    weights: dict[str, torch.Tensor]
+    payload: dict[str, Any]  # everything the file holds (optimiser state, RNG, ...) for resuming
+
+
+def _typed(path: Path, payload: dict[str, Any]) -> tuple[str, Metadata]:
+    kind = payload.get("kind")
+    if kind not in METADATA:
+        raise VQAudioError(f"{path}: holds a model of unknown kind {kind!r}")
+    raw = payload.get("metadata")
+    try:
+        return kind, METADATA[kind].model_validate(raw if isinstance(raw, dict) else {})  # type: ignore[return-value]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(p) for p in error["loc"])
+        problem = "missing" if error["type"] == "missing" else f"{error['msg']} (got {error.get('input')!r})"
+        raise VQAudioError(f"{path}: incomplete checkpoint (metadata.{key}: {problem})") from None
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a checkpoint (see `load_checkpoint`) and type what it records."""
+    path = Path(path)
+    payload = load_checkpoint(path)
+    missing = [k for k in ("recipe", "metadata", "step") if k not in payload]
+    if missing:
+        raise VQAudioError(f"{path}: incomplete checkpoint (no {', '.join(missing)})")
+    kind, metadata = _typed(path, payload)
+    recipe = validate_recipe(payload["recipe"], f"{path} (embedded recipe)")
+    return Checkpoint(
+        path, kind, int(payload["step"]), payload["fingerprint"], recipe, metadata,
+        dict(payload.get("valid") or {}), payload["model"], payload,
+    )  # fmt: skip
+
+
+@dataclass
+class CheckpointHeader:
+    """What a checkpoint says about itself, read without its weights (for searching many files)."""
+
+    path: Path
+    kind: str | None
+    metadata: dict[str, Any]
+
+
+def read_header(path: Path) -> CheckpointHeader | None:
+    """A checkpoint's kind and raw metadata, its tensors memory-mapped and never read nor hashed;
+    None for a file that is not a readable vqaudio checkpoint. For finding a checkpoint among
+    many (a top prior's bottom partner); whatever is then used is loaded with `read_checkpoint`."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any unreadable file is simply not a candidate
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        return None
+    meta = payload.get("metadata")
+    return CheckpointHeader(path, payload.get("kind"), meta if isinstance(meta, dict) else {})

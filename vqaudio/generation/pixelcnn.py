@@ -74,7 +74,7 @@ def sample_pixelcnn(
     biases = [layer.biases(labels, features) for layer in layers]
     positions = position_encoding(channels, height, width, device) if len(net.attention) else None
     codes = torch.zeros(batch, height, width, dtype=torch.long, device=device)
-    all_logits = torch.zeros(batch, net.num_codes, height, width, device=device) if keep_logits else None
+    all_logits = torch.zeros(batch, net.codebook_size, height, width, device=device) if keep_logits else None
     # Vertical stack, row by row: each layer's input rows and its pre-activation outputs.
     v_inputs = [torch.zeros(batch, channels, height, width, device=device) for _ in layers]
     v_pre = [torch.zeros(batch, 2 * channels, height, width, device=device) for _ in layers]
@@ -146,3 +146,17 @@ def _advance_vertical(layers: list[GatedLayer], biases, v_inputs: list[torch.Ten
             out = out + (bias if bias.shape[-2] == 1 else bias[:, :, i : i + 1])
         if index + 1 < len(layers):
             v_inputs[index + 1][:, :, i : i + 1] = layer._gate(out)
+
+
+@torch.no_grad()
+def sample_image_codes_full(
+    prior: GatedPixelCNN, labels: torch.Tensor, height: int, width: int, temperature: float = 1.0,
+    generator: torch.Generator | None = None, condition: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """The reference sampler: a full forward pass per position (height * width passes). Kept to
+    check the cached sampler and to time it against."""
+    codes = torch.zeros(labels.shape[0], height, width, dtype=torch.long, device=labels.device)
+    for i in range(height):
+        for j in range(width):
+            codes[:, i, j] = draw_codes(prior(codes, labels, condition)[:, :, i, j].float(), temperature, generator)
+    return codes

@@ -16,13 +16,16 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from vqaudio.codec import Codec, decode_codes, encode_audio
 from vqaudio.errors import VQAudioError
-from vqaudio.evaluation.clips import EvalClip
+from vqaudio.evaluation.clips import EvalClip, select_clips
 from vqaudio.evaluation.evaluate import code_histogram
 from vqaudio.evaluation.metrics import magnitude
 from vqaudio.fileio import atomic_output
+from vqaudio.inference.codec import decode_codes
+from vqaudio.inference.load import Codec, load_codec
 from vqaudio.models.quantizer import usage_stats
+from vqaudio.models.streaming import encode_audio
+from vqaudio.train.run_dir import resolve_run_dir
 
 SKIP_KEYS = {"step", "split", "time"}
 
@@ -144,13 +147,33 @@ def plot_run(
     name = f"{run_dir.parent.name}/{run_dir.name}, step {codec.step}"
     written = [plot_training_curves(read_metrics(run_dir / "metrics.jsonl"), folder / "training_curves.png", name)]
     clip = _pick_clip(clips, clip_id)
-    codes, top = encode_audio(codec, clip.audio)
+    codes, top = encode_audio(codec.model, clip.audio)
     speaker = codec.speakers.index(clip.speaker) if clip.speaker in codec.speakers else 0
     decoded = decode_codes(codec, codes, speaker, clip.audio.size, temperature, seed, backend, top)  # type: ignore[arg-type]
     stem = clip.id.replace("/", "_")
     title = f"{clip.id}: decoded as {codec.speakers[speaker]} from {codec.bitrate():.0f} bit/s codes"
     written.append(plot_spectrograms(clip.audio, decoded, codec.sample_rate, folder / f"spectrogram_{stem}.png", title))
-    counts = code_histogram([encode_audio(codec, each.audio)[0] for each in clips], codec.codebook_size)
+    counts = code_histogram([encode_audio(codec.model, each.audio)[0] for each in clips], codec.codebook_size)
     usage_title = f"codebook usage over {len(clips)} clips ({int(counts[0].sum())} frames)"
     written.append(plot_codebook_usage(counts, folder / "codebook_usage.png", usage_title))
     return written
+
+
+def plot_run_dir(
+    run_dir: Path,
+    checkpoint: Path | None,
+    clip: str | None,
+    data: str | None,
+    temperature: float,
+    seed: int,
+    device: torch.device,
+) -> list[Path]:
+    """`vqaudio plot`: the run's pictures, from its newest checkpoint (or `checkpoint`), on its
+    held-out clips (or `data`); `clip` is a held-out clip id or an audio file."""
+    run = resolve_run_dir(run_dir)
+    codec = load_codec(checkpoint or run, device)
+    clips, _ = select_clips(data, codec.recipe, codec.sample_rate, codec.speakers)
+    if clip is not None and Path(clip).is_file():
+        own, _ = select_clips(clip, codec.recipe, codec.sample_rate, codec.speakers)
+        clips, clip = own + clips, own[0].id
+    return plot_run(run, codec, clips, clip, temperature, seed)
