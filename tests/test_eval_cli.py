@@ -111,7 +111,8 @@ def test_eval_reports_skipped_metrics_and_baselines(trained, tmp_path, monkeypat
     monkeypatch.setattr(baselines.shutil, "which", lambda tool: None)
     _, checkpoint = trained
     report_path = tmp_path / "r.json"
-    result = invoke("eval", "-c", str(checkpoint), "--data", str(write_clips(tmp_path / "c", 1)), "--json", str(report_path))
+    clips = write_clips(tmp_path / "c", 1)
+    result = invoke("eval", "-c", str(checkpoint), "--data", str(clips), "--json", str(report_path))
     assert "skipped STOI: the 'pystoi' package is not installed" in result.output
     assert "opus 6 kbps: opusenc, opusdec not on PATH (Debian: apt install opus-tools)" in result.output
     # No STOI was computed: none in any row, "-" in the table; the other metrics still were.

@@ -130,7 +130,8 @@ def test_one_codebook_sampling_uses_the_engine_and_never_draws_the_start_token()
     speaker = torch.tensor([0, 1])
 
     def draw(prior, backend):
-        return sample_codes(prior, 60, speaker, temperature=3.0, generator=torch.Generator().manual_seed(2), backend=backend)
+        generator = torch.Generator().manual_seed(2)
+        return sample_codes(prior, 60, speaker, temperature=3.0, generator=generator, backend=backend)
 
     prior = loud_start_prior(1)
     assert int(draw(prior, "plain").max()) == K  # unmasked, the engine (over all classes) does draw it

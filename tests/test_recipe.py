@@ -132,3 +132,39 @@ def test_a_prior_recipe_round_trips_without_a_data_section():
     dumped = recipe.to_dict()
     assert "data" not in dumped and dumped["prior"]["vqvae"] == "newest"
     assert validate_recipe(dumped, "again").to_dict() == dumped
+
+
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ({"model": {"kind": "image_vqvae", "decoder": {"layers": 4}}, "data": {"kind": "cifar10", "root": "c"}},
+         "unknown key 'model.decoder' (model.decoder belongs to model.kind audio_vqvae)"),
+        ({"model": {"kind": "audio_vqvae", "image": {"hidden": 8}}}, "unknown key 'model.image' (model.image belongs to model.kind image_vqvae"),
+        ({"model": {"kind": "code_prior"}, "prior": {"vqvae": "r", "attention_every": 2}}, "unknown key 'prior.attention_every'"),
+        ({"model": {"kind": "image_prior"}, "prior": {"vqvae": "r", "kernel_size": 3, "crop_frames": 64}}, "unknown key 'prior.crop_frames'"),
+        ({"model": {"kind": "image_prior"}, "prior": {"vqvae": "r", "kernel_size": 4}}, "prior.kernel_size must be odd"),
+        ({"model": {"kind": "wavenet"}}, "model.kind 'wavenet' is not one of audio_vqvae, code_prior"),
+    ],
+)
+def test_each_model_kind_has_only_its_own_sections(recipe, message):
+    with pytest.raises(VQAudioError) as info:
+        validate_recipe({"name": "p", "train": {"steps": 1, "batch_size": 1}, **recipe}, "p.yaml")
+    assert message in str(info.value)
+
+
+def test_a_recipe_saved_with_every_familys_sections_still_loads():
+    """Before each model kind had its own schema, checkpoints and run folders saved every section
+    with its defaults: those load (the foreign sections are dropped), a user's recipe does not."""
+    old = {
+        "name": "img", "seed": 0, "data": {"kind": "cifar10", "root": "c"}, "train": {"steps": 1, "batch_size": 1},
+        "model": {"kind": "image_vqvae", "encoder": {"channels": 128}, "quantizer": {"codebook_size": 64},
+                  "decoder": {"layers": 20}, "image": {"hidden": 32}, "top": None},
+    }  # fmt: skip
+    recipe = validate_recipe(old, "checkpoint (embedded recipe)", saved=True)
+    assert recipe.model.quantizer.codebook_size == 64 and recipe.model.image.hidden == 32
+    assert "decoder" not in recipe.to_dict()["model"]
+    with pytest.raises(VQAudioError, match="unknown key 'model.encoder' .model.encoder belongs to model.kind audio_vqvae"):
+        validate_recipe(old, "user.yaml")
+    prior = {"name": "p", "train": {"steps": 1, "batch_size": 1}, "model": {"kind": "image_prior", "decoder": {}},
+             "prior": {"vqvae": "r", "kernel_size": 5, "gate_channels": 128, "crop_frames": 256, "heads": 2}}  # fmt: skip
+    assert validate_recipe(prior, "saved", saved=True).prior.heads == 2

@@ -124,26 +124,41 @@ class DecoderConfig(_WaveNetShape):
     quantization_channels: int = Field(256, ge=2)
 
 
-class PriorConfig(_WaveNetShape):
-    """A prior over the codes of a trained VQ-VAE: a WaveNet for audio (model.kind: code_prior), a
-    gated PixelCNN for images (image_prior: `layers`, odd `kernel_size`, `residual_channels` channels)."""
+class WaveNetPriorConfig(_WaveNetShape):
+    """`model.kind: code_prior`: a WaveNet over the codes of a trained audio VQ-VAE."""
 
     section: ClassVar[str] = "prior"
     vqvae: str  # the VQ-VAE: a run folder, a checkpoint, or "newest" (newest VQ-VAE under train.runs_dir)
     crop_frames: int = Field(256, ge=2)  # code frames per training example
-    # priors over two-level models (image_vqvae2, or audio_vqvae with model.top)
+    # priors over two-level models (audio_vqvae with model.top)
     level: Literal["top", "bottom"] | None = None  # which codes; the bottom prior is conditioned on the top
     condition_blocks: int = Field(4, ge=0)  # bottom prior: residual blocks of the top-code conditioning stack
-    # image priors only
+
+
+class PixelCNNPriorConfig(_Strict):
+    """`model.kind: image_prior`: a gated PixelCNN over the code maps of a trained image VQ-VAE."""
+
+    vqvae: str  # the VQ-VAE: a run folder, a checkpoint, or "newest"
+    layers: int = Field(20, ge=1)
+    kernel_size: int = Field(2, ge=2)  # must be odd: the window is centred
+    residual_channels: int = Field(64, ge=1)  # the PixelCNN's channels
+    stacks: int | None = Field(None, ge=1)  # no meaning for a PixelCNN; accepted from recipes written when priors shared one section
+    level: Literal["top", "bottom"] | None = None  # over an image_vqvae2: which code maps
+    condition_blocks: int = Field(4, ge=0)  # bottom prior: residual blocks of the top-code conditioning stack
     attention_every: int = Field(0, ge=0)  # causal multi-head self-attention after every N-th layer (0: none)
     heads: int = Field(4, ge=1)  # attention heads (residual_channels must divide by it)
     dropout: float = Field(0.0, ge=0, lt=1)  # on the residual branches and in the attention
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> PriorConfig:
+    def _shape(self) -> PixelCNNPriorConfig:
+        if self.kernel_size % 2 == 0:
+            raise ValueError("prior.kernel_size must be odd for the PixelCNN (its window is centred)")
         if self.attention_every and self.residual_channels % self.heads:
             raise ValueError(f"prior.residual_channels ({self.residual_channels}) must divide by prior.heads ({self.heads})")
         return self
+
+
+PriorConfig = WaveNetPriorConfig | PixelCNNPriorConfig
 
 
 class ImageNetConfig(_Strict):
@@ -154,32 +169,54 @@ class ImageNetConfig(_Strict):
     vae_dim: int = Field(64, ge=1)  # image_vae: latent channels (image_vqvae uses quantizer.dim)
 
 
+AUDIO_MODEL = "audio_vqvae"
 IMAGE_MODELS = ("image_vqvae", "image_vae", "image_vqvae2")
 PRIOR_MODELS = ("code_prior", "image_prior")
+KINDS = (AUDIO_MODEL, "code_prior", *IMAGE_MODELS, "image_prior")
 
 
-class ModelConfig(_Strict):
-    kind: Literal["audio_vqvae", "code_prior", "image_vqvae", "image_vae", "image_vqvae2", "image_prior"] = "audio_vqvae"
+class AudioModelConfig(_Strict):
+    """`model.kind: audio_vqvae`: encoder, quantiser, WaveNet decoder and an optional top level."""
+
+    kind: Literal["audio_vqvae"] = "audio_vqvae"
     encoder: EncoderConfig = EncoderConfig()
     quantizer: QuantizerConfig = QuantizerConfig()
     decoder: DecoderConfig = DecoderConfig()
-    image: ImageNetConfig = ImageNetConfig()
-    top: TopLevelConfig | None = None  # audio_vqvae: a coarse top level (two-level codes, VQ-VAE-2)
+    top: TopLevelConfig | None = None  # a coarse top level (two-level codes, VQ-VAE-2)
 
     @model_validator(mode="after")
-    def _top_level(self) -> ModelConfig:
-        if self.top is not None:
-            if self.kind != "audio_vqvae":
-                raise ValueError("model.top (a two-level audio model) belongs to model.kind audio_vqvae")
-            if self.quantizer.n_q > 1:
-                raise ValueError("model.top works with one bottom codebook (model.quantizer.n_q: 1)")
+    def _top_level(self) -> AudioModelConfig:
+        if self.top is not None and self.quantizer.n_q > 1:
+            raise ValueError("model.top works with one bottom codebook (model.quantizer.n_q: 1)")
         return self
 
     @property
-    def code_block(self) -> int:
+    def hop(self) -> int:
+        """Samples per code frame."""
+        return 2**self.encoder.downsample_layers
+
+    @property
+    def top_hop(self) -> int:
         """Samples per coarsest code frame: the hop, times the top level's ratio in a two-level model."""
         ratio = 2**self.top.downsample_layers if self.top is not None else 1
-        return 2**self.encoder.downsample_layers * ratio
+        return self.hop * ratio
+
+
+class ImageModelConfig(_Strict):
+    """`model.kind: image_vqvae | image_vqvae2 | image_vae`."""
+
+    kind: Literal["image_vqvae", "image_vae", "image_vqvae2"]
+    quantizer: QuantizerConfig = QuantizerConfig()
+    image: ImageNetConfig = ImageNetConfig()
+
+
+class PriorModelConfig(_Strict):
+    """`model.kind: code_prior | image_prior`: the prior itself is described by the prior section."""
+
+    kind: Literal["code_prior", "image_prior"]
+
+
+ModelConfig = AudioModelConfig | ImageModelConfig | PriorModelConfig
 
 
 class TrainConfig(_Strict):
@@ -201,95 +238,160 @@ class TrainConfig(_Strict):
 
 
 class Recipe(_Strict):
+    """What every recipe has; `validate_recipe` picks the subclass of the recipe's `model.kind`."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    prior: PriorConfig | None = None
     train: TrainConfig
 
-    @model_validator(mode="after")
-    def _prior_sections(self) -> Recipe:
-        kind = self.model.kind
-        if kind in PRIOR_MODELS:
-            if self.prior is None:
-                raise ValueError(f"model.kind {kind} needs a prior section with prior.vqvae (the VQ-VAE run)")
-            if "data" in self.model_fields_set:
-                raise ValueError(f"a {kind} recipe trains on its VQ-VAE's own data: remove the data section")
-            if kind == "image_prior" and self.prior.kernel_size % 2 == 0:
-                raise ValueError("prior.kernel_size must be odd for the PixelCNN (its window is centred)")
-        elif self.prior is not None:
-            raise ValueError("the prior section belongs to model.kind code_prior or image_prior recipes")
-        return self
+    @property
+    def kind(self) -> str:
+        return self.model.kind  # type: ignore[attr-defined]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe; a prior's has no data section (it uses its VQ-VAE's corpus)."""
+        skip = {"data"} if self.kind in PRIOR_MODELS else set()
+        return self.model_dump(mode="json", exclude=skip)
+
+
+class AudioRecipe(Recipe):
+    model: AudioModelConfig = AudioModelConfig()
 
     @model_validator(mode="after")
-    def _crop_fits_hop(self) -> Recipe:
-        hop = 2 ** self.model.encoder.downsample_layers
-        image_data = self.data.kind in ("cifar10", "image_folder")
-        if (self.model.kind in IMAGE_MODELS) != image_data and self.model.kind not in PRIOR_MODELS:
+    def _crop_fits_hop(self) -> AudioRecipe:
+        if self.data.kind in ("cifar10", "image_folder"):
             raise ValueError(f"model.kind {self.model.kind} cannot train on data.kind {self.data.kind}")
-        if self.model.kind == "audio_vqvae" and self.data.crop_samples % hop:
+        hop = self.model.hop
+        if self.data.crop_samples % hop:
             raise ValueError(
                 f"data.crop_samples ({self.data.crop_samples}) must be a multiple of the hop "
                 f"2**model.encoder.downsample_layers = {hop}"
             )
-        block = self.model.code_block
-        if self.model.kind == "audio_vqvae" and self.data.crop_samples % block:
+        if self.data.crop_samples % self.model.top_hop:
             raise ValueError(
-                f"data.crop_samples ({self.data.crop_samples}) must be a multiple of {block}, the samples "
+                f"data.crop_samples ({self.data.crop_samples}) must be a multiple of {self.model.top_hop}, the samples "
                 "per top code (hop x 2**model.top.downsample_layers)"
             )
         return self
 
     @property
     def hop(self) -> int:
-        return 2 ** self.model.encoder.downsample_layers
-
-    def to_dict(self) -> dict[str, Any]:
-        """The resolved recipe; a prior's has no data section (it uses its VQ-VAE's corpus)."""
-        skip = {"data"} if self.model.kind in PRIOR_MODELS else {"prior"}
-        return self.model_dump(mode="json", exclude=skip)
+        return self.model.hop
 
 
-def _fields_at(path: tuple[Any, ...]) -> list[str]:
+class ImageRecipe(Recipe):
+    model: ImageModelConfig
+
+    @model_validator(mode="after")
+    def _image_data(self) -> ImageRecipe:
+        if self.data.kind not in ("cifar10", "image_folder"):
+            raise ValueError(f"model.kind {self.model.kind} cannot train on data.kind {self.data.kind}")
+        return self
+
+
+class _PriorRecipe(Recipe):
+    model: PriorModelConfig
+
+    @model_validator(mode="after")
+    def _no_data(self) -> _PriorRecipe:
+        if "data" in self.model_fields_set:
+            raise ValueError(f"a {self.model.kind} recipe trains on its VQ-VAE's own data: remove the data section")
+        return self
+
+
+class CodePriorRecipe(_PriorRecipe):
+    prior: WaveNetPriorConfig
+
+
+class ImagePriorRecipe(_PriorRecipe):
+    prior: PixelCNNPriorConfig
+
+
+RECIPES: dict[str, type[Recipe]] = {
+    AUDIO_MODEL: AudioRecipe,
+    **{kind: ImageRecipe for kind in IMAGE_MODELS},
+    "code_prior": CodePriorRecipe,
+    "image_prior": ImagePriorRecipe,
+}
+
+
+def _fields_at(root: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
     """Names of the keys allowed at a location in the schema, for 'did you mean' hints."""
-    model: Any = Recipe
+    model: Any = root
     for part in path:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []
         model = field.annotation
-        # `PriorConfig | None`: look inside the optional section
+        # `TopLevelConfig | None`: look inside the optional section
         model = next((m for m in getattr(model, "__args__", ()) if hasattr(m, "model_fields")), model)
     return list(getattr(model, "model_fields", {}))
 
 
-def _describe(err: dict[str, Any]) -> tuple[str, str]:
+def _describe(root: type[BaseModel], err: dict[str, Any]) -> tuple[str, str]:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
-        allowed = _fields_at(loc[:-1])
+        if loc == ("prior",):
+            return key, "the prior section belongs to model.kind code_prior or image_prior recipes"
+        allowed = _fields_at(root, loc[:-1])
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         suffix = f" (did you mean {'.'.join([*map(str, loc[:-1]), hint[0]])!r}?)" if hint else ""
+        if not hint and len(loc) == 2 and loc[0] == "model":
+            owners = [kinds for kinds, schema in _MODEL_SECTIONS if loc[1] in schema.model_fields]
+            suffix = f" (model.{loc[1]} belongs to model.kind {owners[0]})" if owners else ""
         return key, f"unknown key {key!r}{suffix}"
     if kind == "missing":
+        if loc == ("prior",):
+            name = "code_prior" if root is CodePriorRecipe else "image_prior"
+            return key, f"model.kind {name} needs a prior section with prior.vqvae (the VQ-VAE run)"
         return key, f"missing required key {key!r}"
     if kind == "value_error":
         return key, str(err["msg"]).removeprefix("Value error, ")
     return key, f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 
-def validate_recipe(data: Any, source: str, overridden: set[str] | None = None) -> Recipe:
-    """Validate a plain mapping; errors name the key and `source` (or the override that set it)."""
+_MODEL_SECTIONS = ((AUDIO_MODEL, AudioModelConfig), (" or ".join(IMAGE_MODELS), ImageModelConfig))
+
+
+def recipe_class(data: dict[str, Any], source: str) -> type[Recipe]:
+    """The recipe schema of the `model.kind` a mapping names (audio_vqvae when it names none)."""
+    model = data.get("model")
+    kind = model.get("kind", AUDIO_MODEL) if isinstance(model, dict) else AUDIO_MODEL
+    if kind not in RECIPES:
+        raise VQAudioError(f"{source}: model.kind {kind!r} is not one of {', '.join(KINDS)}")
+    return RECIPES[kind]
+
+
+def _saved_keys_only(data: dict[str, Any], root: type[Recipe]) -> dict[str, Any]:
+    """A recipe written by vqaudio before each model kind had its own schema dumped every
+    family's sections with their defaults; keep only what this kind's schema knows."""
+    data = {k: v for k, v in data.items() if k in root.model_fields}
+    for section in ("model", "prior"):
+        field = root.model_fields.get(section)
+        if field is not None and isinstance(data.get(section), dict):
+            schema = next((m for m in (field.annotation, *getattr(field.annotation, "__args__", ())) if hasattr(m, "model_fields")))
+            data[section] = {k: v for k, v in data[section].items() if k in schema.model_fields}
+    return data
+
+
+def validate_recipe(data: Any, source: str, overridden: set[str] | None = None, saved: bool = False) -> Recipe:
+    """Validate a plain mapping; errors name the key and `source` (or the override that set it).
+    `saved`: a recipe vqaudio wrote itself (a checkpoint's or a run's), whose sections of other
+    model kinds, written by earlier versions, are dropped rather than refused."""
     if not isinstance(data, dict):
         raise VQAudioError(f"{source}: a recipe must be a YAML mapping of keys to values")
+    root = recipe_class(data, source)
+    if saved:
+        data = _saved_keys_only(data, root)
     try:
-        return Recipe.model_validate(data)
+        return root.model_validate(data)
     except ValidationError as exc:
         # A misspelled key also leaves the real key missing: report the misspelling, the cause.
         errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        key, message = _describe(errors[0])
+        key, message = _describe(root, errors[0])
         where = f"override {key}" if overridden and key in overridden else source
         raise VQAudioError(f"{where}: {message}") from None
 

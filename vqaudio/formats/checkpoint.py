@@ -133,7 +133,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if missing:
         raise VQAudioError(f"{path}: incomplete checkpoint (no {', '.join(missing)})")
     kind, metadata = _typed(path, payload)
-    recipe = validate_recipe(payload["recipe"], f"{path} (embedded recipe)")
+    recipe = validate_recipe(payload["recipe"], f"{path} (embedded recipe)", saved=True)
     return Checkpoint(
         path, kind, int(payload["step"]), payload["fingerprint"], recipe, metadata,
         dict(payload.get("valid") or {}), payload["model"], payload,

@@ -22,7 +22,17 @@ from vqaudio.models.pixelcnn import GatedPixelCNN, PixelCNNPrior
 from vqaudio.models.residual_quantizer import ResidualVectorQuantizer
 from vqaudio.models.top_level import TopLevel
 from vqaudio.models.wavenet import WaveNet
-from vqaudio.recipe import ModelConfig, PriorConfig, QuantizerConfig
+from vqaudio.recipe import (
+    AudioModelConfig,
+    AudioRecipe,
+    CodePriorRecipe,
+    ImageModelConfig,
+    ImagePriorRecipe,
+    ImageRecipe,
+    PixelCNNPriorConfig,
+    QuantizerConfig,
+    WaveNetPriorConfig,
+)
 
 
 def _quantizer_options(vq: QuantizerConfig) -> dict:
@@ -38,7 +48,7 @@ def build_quantizer(vq: QuantizerConfig, codebook_size: int, dim: int) -> Residu
     return ResidualVectorQuantizer(n_q=vq.n_q, dropout=vq.dropout, codebook_size=codebook_size, dim=dim, **_quantizer_options(vq))
 
 
-def build_audio_vqvae(config: ModelConfig, num_speakers: int) -> AudioVQVAE:
+def build_audio_vqvae(config: AudioModelConfig, num_speakers: int) -> AudioVQVAE:
     """The audio VQ-VAE of `model.kind: audio_vqvae` (two levels with `model.top`)."""
     enc, vq, dec, top = config.encoder, config.quantizer, config.decoder, config.top
     # Modules are made in this order so that a seed gives the weights it always gave.
@@ -68,7 +78,7 @@ def build_audio_vqvae(config: ModelConfig, num_speakers: int) -> AudioVQVAE:
 
 
 def build_code_prior(
-    config: PriorConfig, codebook_size: int, n_q: int, num_speakers: int, condition_codes: int = 0, ratio: int = 1
+    config: WaveNetPriorConfig, codebook_size: int, n_q: int, num_speakers: int, condition_codes: int = 0, ratio: int = 1
 ) -> CodePrior:
     """The WaveNet prior of `model.kind: code_prior`; a bottom prior is conditioned on
     `condition_codes` top codes, one per `ratio` frames."""
@@ -89,7 +99,7 @@ def build_code_prior(
     )
 
 
-def build_image_model(config: ModelConfig) -> ImageVQVAE | ImageVAE | ImageVQVAE2:
+def build_image_model(config: ImageModelConfig) -> ImageVQVAE | ImageVAE | ImageVQVAE2:
     """The image VQ-VAE, VQ-VAE-2 or VAE baseline of `model.kind`."""
     net = config.image
     if config.kind == "image_vae":
@@ -101,7 +111,7 @@ def build_image_model(config: ModelConfig) -> ImageVQVAE | ImageVAE | ImageVQVAE
     return model(q.codebook_size, q.dim, net.hidden, net.residual_blocks, **_quantizer_options(q))
 
 
-def build_pixelcnn(config: PriorConfig, codebook_size: int, num_classes: int, conditioned: bool = False, scale: int = 1) -> PixelCNNPrior:
+def build_pixelcnn(config: PixelCNNPriorConfig, codebook_size: int, num_classes: int, conditioned: bool = False, scale: int = 1) -> PixelCNNPrior:
     """The gated PixelCNN of `model.kind: image_prior`; `conditioned`: on top codes at 1/`scale`
     of the map's side (a VQ-VAE-2's bottom prior)."""
     net = GatedPixelCNN(
@@ -117,20 +127,19 @@ def build_model(checkpoint: Checkpoint) -> nn.Module:
     loaded, in eval mode on the CPU."""
     recipe, meta = checkpoint.recipe, checkpoint.metadata
     model: nn.Module
-    if checkpoint.kind == "audio_vqvae":
-        assert isinstance(meta, AudioVQVAEMetadata)
+    if isinstance(recipe, AudioRecipe) and isinstance(meta, AudioVQVAEMetadata):
         model = build_audio_vqvae(recipe.model, len(meta.speakers))
-    elif checkpoint.kind == "code_prior":
-        assert isinstance(meta, CodePriorMetadata) and recipe.prior is not None
+    elif isinstance(recipe, CodePriorRecipe) and isinstance(meta, CodePriorMetadata):
         ratio = meta.ratio if meta.condition_codes else 1
         model = build_code_prior(recipe.prior, meta.codebook_size, meta.n_q, len(meta.speakers), meta.condition_codes, ratio)
-    elif checkpoint.kind == "image_prior":
-        assert isinstance(meta, ImagePriorMetadata) and recipe.prior is not None
+    elif isinstance(recipe, ImagePriorRecipe) and isinstance(meta, ImagePriorMetadata):
         top = meta.condition_shape
         scale = meta.code_shape[0] // top[0] if top else 1
         model = build_pixelcnn(recipe.prior, meta.codebook_size, len(meta.class_names), top is not None, scale)
-    else:
+    elif isinstance(recipe, ImageRecipe):
         model = build_image_model(recipe.model)
+    else:
+        raise VQAudioError(f"{checkpoint.path}: its recipe (model.kind {recipe.kind}) does not match its kind {checkpoint.kind!r}")
     try:
         model.load_state_dict(checkpoint.weights)
     except RuntimeError as exc:

@@ -20,7 +20,7 @@ from vqaudio.formats.metadata import AudioVQVAEMetadata, CodePriorMetadata
 from vqaudio.models.audio_vqvae import AudioVQVAE
 from vqaudio.models.build import build_code_prior, build_model
 from vqaudio.models.code_prior import IGNORE
-from vqaudio.recipe import Recipe
+from vqaudio.recipe import CodePriorRecipe, Recipe
 from vqaudio.tasks.code_corpus import CodeCorpus, extract_code_corpus
 from vqaudio.train.run_dir import newest_checkpoint
 from vqaudio.train.setup import Batch, Shard, TrainSetup
@@ -77,7 +77,7 @@ def _check_level(level: str | None, two_level: bool, checkpoint: Path) -> None:
 
 
 def build_code_prior_task(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainSetup:
-    assert recipe.prior is not None  # the recipe schema insists
+    assert isinstance(recipe, CodePriorRecipe)  # the recipe schema insists on a prior section
     # a prior with a level is over a two-level model, one without over a one-level model: "newest" of those
     checkpoint = read_checkpoint(resolve_vqvae(recipe.prior.vqvae, Path(recipe.train.runs_dir), two_level=recipe.prior.level is not None))
     if checkpoint.kind != "audio_vqvae":

@@ -22,7 +22,7 @@ from vqaudio.formats.checkpoint import Checkpoint, read_checkpoint
 from vqaudio.formats.metadata import ImageModelMetadata, ImagePriorMetadata
 from vqaudio.models.build import build_model, build_pixelcnn
 from vqaudio.models.modes import evaluating
-from vqaudio.recipe import Recipe
+from vqaudio.recipe import ImagePriorRecipe, Recipe
 from vqaudio.tasks.code_prior import resolve_vqvae
 from vqaudio.train.setup import Batch, Shard, TrainSetup
 
@@ -60,7 +60,7 @@ def image_code_maps(model: nn.Module, vq: Checkpoint, on_progress: ProgressFn | 
 
 
 def build_image_prior(recipe: Recipe, on_progress: ProgressFn | None = None) -> TrainSetup:
-    assert recipe.prior is not None
+    assert isinstance(recipe, ImagePriorRecipe)
     level = recipe.prior.level
     wanted = "image_vqvae2" if level else "image_vqvae"
     checkpoint = resolve_vqvae(recipe.prior.vqvae, Path(recipe.train.runs_dir), kind=wanted)

@@ -33,7 +33,7 @@ def resume_recipe(run_dir: Path, overrides: list[str]) -> Recipe:
     fixed = sorted(k for k in touched if not k.startswith("train."))
     if fixed:
         raise VQAudioError(f"--resume: {', '.join(fixed)} cannot change in a resumed run; only train.* keys can")
-    return validate_recipe(data, str(run_dir / "recipe.yaml"), touched)
+    return validate_recipe(data, str(run_dir / "recipe.yaml"), touched, saved=True)
 
 
 def train(
