@@ -142,6 +142,23 @@ def two_level_run(tmp_path_factory):
     return work, found
 
 
+def test_a_top_prior_finds_its_bottom_partner_without_reading_any_weights(two_level_run, monkeypatch):
+    from vqaudio.formats import checkpoint as checkpoint_module
+    from vqaudio.inference.priors import find_partner
+
+    work, found = two_level_run
+    vq_fingerprint = load_prior(found["bottom"], torch.device("cpu")).codec.fingerprint
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint's weights were read or hashed while searching")
+
+    monkeypatch.setattr(checkpoint_module, "model_fingerprint", refuse)
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", refuse)
+    assert find_partner(work / "runs", "code_prior", "bottom", vq_fingerprint) == found["bottom"]
+    assert find_partner(work / "runs", "code_prior", "top", vq_fingerprint) == found["top"]
+    assert find_partner(work / "runs", "code_prior", "bottom", "0" * 16) is None
+
+
 def test_priors_know_their_level_and_the_bottom_one_is_conditioned(two_level_run):
     work, found = two_level_run
     top, bottom = load_prior(found["top"], torch.device("cpu")), load_prior(found["bottom"], torch.device("cpu"))

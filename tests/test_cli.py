@@ -207,3 +207,24 @@ def test_residual_vq_picks_the_bitrate_at_encoding(tmp_path):
     text = " ".join(invoke("info", str(checkpoint)).output.split())
     assert "3 codebooks" in text and "1: 5000, 2: 10000, 3: 15000" in text
     assert "codebook usage on the held-out set" in text
+
+
+def test_a_run_folder_stands_for_its_newest_checkpoint(trained, capsys):
+    """-c (and info) take a run folder as well as a checkpoint file."""
+    from conftest import run_main
+
+    work, checkpoint = trained
+    run = checkpoint.parent.parent
+    code, by_folder = run_main(capsys, "info", str(run))
+    assert code == 0, by_folder
+    from vqaudio.formats.checkpoint import read_checkpoint
+    from vqaudio.inference.info import checkpoint_summary
+
+    assert checkpoint_summary(run) == checkpoint_summary(checkpoint)
+    assert read_checkpoint(checkpoint).fingerprint in " ".join(by_folder.split())
+    code, output = run_main(capsys, "eval", "-c", str(run), "--no-baselines", "--max-clips", "1", "--temperature", "0")
+    assert code == 0 and "decoder likelihood" in output, output
+    empty = work / "empty_run"
+    (empty / "checkpoints").mkdir(parents=True, exist_ok=True)
+    code, output = run_main(capsys, "eval", "-c", str(empty))
+    assert code == 2 and "the folder holds no checkpoints" in output

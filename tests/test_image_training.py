@@ -77,6 +77,12 @@ def test_pixelcnn_prior_trains_on_image_codes_and_samples_a_grid(shared_data, tm
     assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "again.png").read_bytes()  # 'cat' is class 3
     code, output = run_main(capsys, "sample", "--label", "zebra", "-o", "z.png")
     assert code == 2 and "--label 'zebra': not a class of this model" in output
+    # without -c or --label: the newest prior of any kind (here the only one, an image prior); -c a run folder
+    invoke("sample", "-n", "6", "-o", "plain.png", "--seed", "1")
+    invoke("sample", "-c", str(run), "--label", "0", "-n", "6", "-o", "first_class.png", "--seed", "1")
+    with Image.open(tmp_path / "plain.png") as image:
+        assert image.size == (3 * 34 + 2, 2 * 34 + 2)
+    assert (tmp_path / "plain.png").read_bytes() == (tmp_path / "first_class.png").read_bytes()  # class 0 by default
 
 
 def test_eval_reports_bits_per_dim_for_vqvae_prior_and_vae(shared_data, tmp_path, monkeypatch, capsys):
