@@ -83,6 +83,43 @@ def tiny_recipe_file(tmp_path: Path) -> Path:
     return path
 
 
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_cifar_like(root: Path, train: int = 600, test: int = 100, seed: int = 0) -> Path:
+    """A folder in the official `cifar-10-batches-py/` format with generated 32x32 images: each
+    class a colour and a stripe frequency, plus noise, so that models have something to learn.
+    For tests of image training that need the format, not real photographs."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def batch(count: int) -> dict:
+        labels = rng.integers(0, 10, count)
+        rows = np.arange(32)[None, :, None]
+        images = np.empty((count, 3, 32, 32), dtype=np.float64)
+        for channel in range(3):
+            tint = 60 + 18 * ((labels * (channel + 3)) % 10)
+            stripes = 50 * np.sin(rows * (labels[:, None, None] + 1) * 0.3 + channel)
+            images[:, channel] = tint[:, None, None] + stripes + rng.normal(0, 20, (count, 32, 32))
+        data = np.clip(images, 0, 255).astype(np.uint8).reshape(count, 3072)
+        return {b"data": data, b"labels": [int(x) for x in labels], b"filenames": [b"generated.png"] * count}
+
+    for name, count in (("data_batch_1", train // 2), ("data_batch_2", train - train // 2), ("test_batch", test)):
+        (root / name).write_bytes(pickle.dumps(batch(count), protocol=2))
+    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in CIFAR_CLASSES]}, protocol=2))
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated images in CIFAR-10's file format (see `write_cifar_like`)."""
+    return write_cifar_like(tmp_path_factory.mktemp("cifar") / "cifar-10-batches-py")
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED.is_dir():

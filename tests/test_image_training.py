@@ -26,9 +26,9 @@ def image_recipe(kind: str, root: str) -> dict:
     ("image_vqvae", {"bits_per_dim", "nll_bits_per_dim", "codes_used", "perplexity"}),
     ("image_vae", {"bits_per_dim", "nll_bits_per_dim", "kl_bits_per_dim"}),
 ])
-def test_tiny_image_models_train_on_the_cifar_sample(kind, keys, shared_data, tmp_path, monkeypatch):
+def test_tiny_image_models_train_on_the_cifar_sample(kind, keys, cifar_like, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    recipe = image_recipe(kind, str(shared_data / "cifar-10-batches-py-mini"))
+    recipe = image_recipe(kind, str(cifar_like))
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     invoke("train", "r.yaml", "--quiet", "--device", "cpu")
     run = next((tmp_path / "runs" / f"tiny_{kind}").iterdir())
@@ -47,13 +47,13 @@ def test_image_models_and_audio_data_do_not_mix():
         validate_recipe({"name": "x", "data": {"kind": "cifar10", "root": "c"}, "train": {"steps": 1, "batch_size": 1}}, "x.yaml")
 
 
-def test_pixelcnn_prior_trains_on_image_codes_and_samples_a_grid(shared_data, tmp_path, monkeypatch, capsys):
+def test_pixelcnn_prior_trains_on_image_codes_and_samples_a_grid(cifar_like, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
     from conftest import run_main
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "vq.yaml").write_text(yaml.safe_dump(image_recipe("image_vqvae", str(shared_data / "cifar-10-batches-py-mini"))))
+    (tmp_path / "vq.yaml").write_text(yaml.safe_dump(image_recipe("image_vqvae", str(cifar_like))))
     invoke("train", "vq.yaml", "--quiet", "--device", "cpu")
     vq = next((tmp_path / "runs" / "tiny_image_vqvae").iterdir()) / "checkpoints" / "step_000002.pt"
     prior = {
@@ -85,13 +85,13 @@ def test_pixelcnn_prior_trains_on_image_codes_and_samples_a_grid(shared_data, tm
     assert (tmp_path / "plain.png").read_bytes() == (tmp_path / "first_class.png").read_bytes()  # class 0 by default
 
 
-def test_eval_reports_bits_per_dim_for_vqvae_prior_and_vae(shared_data, tmp_path, monkeypatch, capsys):
+def test_eval_reports_bits_per_dim_for_vqvae_prior_and_vae(cifar_like, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
     from conftest import run_main
 
     monkeypatch.chdir(tmp_path)
-    root = str(shared_data / "cifar-10-batches-py-mini")
+    root = str(cifar_like)
     for kind in ("image_vqvae", "image_vae"):
         (tmp_path / f"{kind}.yaml").write_text(yaml.safe_dump(image_recipe(kind, root)))
         invoke("train", f"{kind}.yaml", "--quiet", "--device", "cpu")

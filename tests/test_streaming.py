@@ -60,10 +60,13 @@ def test_chunked_encoding_equals_encoding_the_whole_signal(encoder):
     assert len(blocks) > 10 and whole.shape[1] > 10 * 24  # many blocks, many chunks
 
 
-def test_streamed_reading_equals_reading_the_whole_file(shared_data):
+def test_streamed_reading_equals_reading_the_whole_file(tmp_path):
     import soxr
 
-    path = shared_data / "vctk_mini" / "wav48" / "p301" / "p301_102.wav"
+    from vqaudio.data.demo import synthesize_utterance
+
+    path = tmp_path / "48k.wav"  # a 48 kHz recording, read at 16 kHz
+    sf.write(path, synthesize_utterance(2, 5, 2.3, 48000), 48000, subtype="PCM_16")
     audio, rate = sf.read(path, dtype="float32")
     one_shot = soxr.resample(audio, rate, 16000, quality="HQ")
     streamed = np.concatenate(list(iter_audio(path, 16000, block_seconds=0.37)))

@@ -92,11 +92,11 @@ def prior(name: str, level: str, **extra) -> dict:
     }  # fmt: skip
 
 
-def test_two_priors_train_sample_top_then_bottom_and_score_bits_per_dim(shared_data, tmp_path, monkeypatch, capsys):
+def test_two_priors_train_sample_top_then_bottom_and_score_bits_per_dim(cifar_like, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
     monkeypatch.chdir(tmp_path)
-    root = str(shared_data / "cifar-10-batches-py-mini")
+    root = str(cifar_like)
     (tmp_path / "v2.yaml").write_text(yaml.safe_dump(recipe("image_vqvae2", root)))
     invoke("train", "v2.yaml", "--quiet", "--device", "cpu")
     (tmp_path / "top.yaml").write_text(yaml.safe_dump(prior("top", "top", attention_every=1, dropout=0.1)))
