@@ -20,8 +20,8 @@ import torch
 
 from vqaudio.generation.code_prior import sample_codes
 from vqaudio.generation.decode import decode
-from vqaudio.recipe import load_recipe
 from vqaudio.models.build import build_audio_vqvae, build_code_prior
+from vqaudio.recipe import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SPEAKERS = 4

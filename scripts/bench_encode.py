@@ -27,9 +27,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from vqaudio.formats.checkpoint import model_fingerprint, save_checkpoint
 from vqaudio.models.build import build_audio_vqvae
 from vqaudio.recipe import load_recipe
-from vqaudio.formats.checkpoint import model_fingerprint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000

@@ -16,9 +16,8 @@ import time
 
 import torch
 
-from vqaudio.generation.pixelcnn import sample_image_codes_full
+from vqaudio.generation.pixelcnn import sample_image_codes_full, sample_pixelcnn
 from vqaudio.models.pixelcnn import GatedPixelCNN
-from vqaudio.generation.pixelcnn import sample_pixelcnn
 
 CASES = [
     # name, side, layers, channels, options

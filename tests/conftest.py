@@ -138,10 +138,6 @@ def invoke(*args: str):
     return result
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: a long test (trains several models); deselect with -m 'not slow'")
-
-
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny 8 kHz model trained through the CLI in its own working folder: (folder, checkpoint)."""

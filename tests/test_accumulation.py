@@ -4,8 +4,8 @@ per step from all of them, exactly as one batch N times the size would."""
 from __future__ import annotations
 
 import torch
-
 from conftest import tiny_dict
+
 from vqaudio.models.quantizer import VectorQuantizer
 from vqaudio.recipe import validate_recipe
 from vqaudio.tasks import build_setup

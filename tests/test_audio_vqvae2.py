@@ -11,18 +11,16 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from conftest import invoke, run_main, tiny_dict
 
-from vqaudio.generation.decode import iter_decode
-from vqaudio.formats.codes import read_code_levels
-from vqaudio.inference.load import load_codec
-from vqaudio.models.streaming import encode_audio
 from vqaudio.errors import VQAudioError
+from vqaudio.formats.codes import read_code_levels
+from vqaudio.generation.decode import iter_decode
+from vqaudio.inference.load import load_codec, load_prior
 from vqaudio.models.audio_vqvae import AudioVQVAE
 from vqaudio.models.build import build_audio_vqvae
-from vqaudio.inference.load import load_prior
+from vqaudio.models.streaming import encode_audio
 from vqaudio.recipe import validate_recipe
-
-from conftest import invoke, run_main, tiny_dict
 
 TOP = {"downsample_layers": 2, "channels": 16, "residual_layers": 1, "codebook_size": 16, "dim": 8}
 
@@ -72,8 +70,8 @@ def test_bottom_codes_and_decoder_depend_on_the_top_level():
 
 
 def test_eval_decoder_nll_is_the_training_nll_in_bits():
-    from vqaudio.inference.load import Codec
     from vqaudio.evaluation.evaluate import decoder_nll_bits
+    from vqaudio.inference.load import Codec
 
     model = make_model().eval()
     codec = Codec(model, Path("m.pt"), "f" * 16, 0, 8000, ["a", "b"], {}, torch.device("cpu"))
@@ -304,8 +302,8 @@ def test_info_and_level_errors(two_level_run, trained, tmp_path, capsys):
 
 
 def test_bottom_prior_batches_pair_each_crop_with_the_top_codes_above_it():
-    from vqaudio.tasks.code_corpus import CodeCorpus
     from vqaudio.models.code_prior import IGNORE
+    from vqaudio.tasks.code_corpus import CodeCorpus
     from vqaudio.tasks.code_prior import code_batch, top_level_view
 
     rng = np.random.default_rng(0)

@@ -14,15 +14,15 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from bad_inputs import BAD_INPUTS, BadInput, valid_audio
+from conftest import examples, run_main, tiny_dict
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bad_inputs import BAD_INPUTS, BadInput, valid_audio
-from conftest import examples, run_main, tiny_dict
+from vqaudio.errors import VQAudioError
 from vqaudio.formats.codes import read_codes
 from vqaudio.inference.codec import write_codes
 from vqaudio.inference.load import Codec, load_codec
-from vqaudio.errors import VQAudioError
 from vqaudio.recipe import Recipe, load_recipe, validate_recipe
 
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from vqaudio.errors import VQAudioError
+from vqaudio.formats.metadata import CodePriorMetadata
 from vqaudio.formats.vqa import HEADER_SIZE, is_vqa, parse_vqa
 from vqaudio.inference.entropy import entropy_decode, entropy_encode
-from vqaudio.errors import VQAudioError
-from vqaudio.models.code_prior import CodePrior
-from vqaudio.formats.metadata import CodePriorMetadata
 from vqaudio.inference.load import Prior
+from vqaudio.models.code_prior import CodePrior
 
 K = 32
 
@@ -166,8 +166,8 @@ def two_level_priors() -> tuple[Prior, Prior]:
 
 def test_two_level_codes_round_trip_in_version_2_files():
     from vqaudio.formats.vqa import HEADER_SIZE_LEVELS
-    from vqaudio.inference.entropy import entropy_decode_levels
     from vqaudio.generation.code_prior import sample_codes
+    from vqaudio.inference.entropy import entropy_decode_levels
 
     top_prior, bottom_prior = two_level_priors()
     g = torch.Generator().manual_seed(1)

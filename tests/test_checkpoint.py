@@ -4,7 +4,11 @@ import pytest
 import torch
 
 from vqaudio.errors import VQAudioError
-from vqaudio.formats.checkpoint import load_checkpoint, model_fingerprint, save_checkpoint
+from vqaudio.formats.checkpoint import (
+    load_checkpoint,
+    model_fingerprint,
+    save_checkpoint,
+)
 
 
 class Exploit:

@@ -11,10 +11,8 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from typer.testing import CliRunner
-
-
 from conftest import invoke, tiny_dict
+from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -71,6 +69,7 @@ def test_speaker_by_index_or_name_gives_the_same_audio(trained, tmp_path):
     assert not np.array_equal(a, z)
 
 
+@pytest.mark.slow
 def test_without_checkpoint_the_newest_run_is_used(trained, tmp_path):
     work, checkpoint = trained
     clip = tmp_path / "clip.wav"
@@ -80,6 +79,7 @@ def test_without_checkpoint_the_newest_run_is_used(trained, tmp_path):
     assert f"using checkpoint runs/tiny/{checkpoint.parent.parent.name}/checkpoints/{checkpoint.name}" in result.stderr
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force(trained, tmp_path):
     _, checkpoint = trained
     clip = tmp_path / "clip.wav"
@@ -94,6 +94,7 @@ def test_existing_output_needs_force(trained, tmp_path):
     assert np.load(target).size > 0
 
 
+@pytest.mark.slow
 def test_codes_from_another_model_are_refused(trained, tmp_path):
     _, checkpoint = trained
     encode_demo_clip(tmp_path, checkpoint)
@@ -110,10 +111,10 @@ def test_codes_from_another_model_are_refused(trained, tmp_path):
 
 
 def test_out_of_range_codes_are_refused(trained, tmp_path):
+    from vqaudio.errors import VQAudioError
     from vqaudio.formats.codes import read_codes
     from vqaudio.inference.codec import check_compatible
     from vqaudio.inference.load import load_codec
-    from vqaudio.errors import VQAudioError
 
     _, checkpoint = trained
     encode_demo_clip(tmp_path, checkpoint)
@@ -134,6 +135,7 @@ def test_info_reports_bitrate_and_speakers(trained):
     assert "demo0" in text and "demo1" in text
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_code_2(trained, tmp_path):
     _, checkpoint = trained
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(tiny_dict(train={"stepz": 3})))
@@ -158,8 +160,8 @@ def test_bad_input_is_one_line_and_exit_code_2(trained, tmp_path):
 
 
 def test_missing_or_edited_sidecar_is_named(trained, tmp_path):
-    from vqaudio.formats.codes import read_codes
     from vqaudio.errors import VQAudioError
+    from vqaudio.formats.codes import read_codes
 
     _, checkpoint = trained
     encode_demo_clip(tmp_path, checkpoint)
@@ -176,6 +178,7 @@ def test_missing_or_edited_sidecar_is_named(trained, tmp_path):
         read_codes(tmp_path / "c.npy")
 
 
+@pytest.mark.slow
 def test_residual_vq_picks_the_bitrate_at_encoding(tmp_path):
     """One residual-VQ model, encoded at 1 and at 3 codebooks; both decode; info lists the rates."""
     quantizer = {"codebook_size": 32, "dim": 8, "n_q": 3, "dropout": True, "init": "kmeans", "init_batches": 2,

@@ -15,15 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_dict
 
+from vqaudio.formats.checkpoint import list_checkpoints, load_checkpoint
 from vqaudio.recipe import validate_recipe
 from vqaudio.tasks import build_setup
-from vqaudio.formats.checkpoint import list_checkpoints, load_checkpoint
 from vqaudio.tasks.run import resume_recipe, train
 from vqaudio.train.loop import Trainer, autocast_dtype
 from vqaudio.train.setup import Shard
-
-from conftest import tiny_dict
 
 CPU = torch.device("cpu")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -54,6 +53,7 @@ def metrics(run: Path, split: str = "train") -> list[dict]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_with_the_doubled_batch(tmp_path):
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(recipe_dict(tmp_path / "ddp", steps=6, batch_size=2)))
     done = subprocess.run(
@@ -80,6 +80,7 @@ def test_two_gloo_processes_equal_one_process_with_the_doubled_batch(tmp_path):
     assert [p.name for p in list_checkpoints(run)] == ["step_000003.pt", "step_000006.pt"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_rank_at_one_step_and_resume_continues_the_job(tmp_path):
     """Ctrl-C reaches torchrun and both workers (twice: the launcher forwards it). One checkpoint is
     written; resuming under torchrun gives the model a straight one-process run would have."""
@@ -169,6 +170,7 @@ def test_bf16_autocast_computes_in_bf16_but_quantises_and_stores_in_fp32(tmp_pat
     assert trainer.last_valid["loss"] == pytest.approx(fp32.last_valid["loss"], rel=1e-2)
 
 
+@pytest.mark.slow
 def test_compiled_training_step_matches_eager(tmp_path):
     eager = trainer_for(tmp_path, "eager", steps=2, batch_size=2)
     compiled = trainer_for(tmp_path, "compiled", steps=2, batch_size=2, compile=True)
@@ -179,6 +181,7 @@ def test_compiled_training_step_matches_eager(tmp_path):
     assert not any(k.startswith("_orig_mod") for k in load_checkpoint(list_checkpoints(compiled.run_dir)[-1])["model"])
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_resume_equals_an_uninterrupted_run(tmp_path):
     data = tiny_dict(train={"steps": 100000, "checkpoint_every": 100000, "valid_every": 100000, "log_every": 1,
                             "runs_dir": str(tmp_path / "runs")})  # fmt: skip
@@ -233,6 +236,7 @@ KILLED_WHILE_WRITING = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_intact(tmp_path):
     first = train(validate_recipe(tiny_dict(train={"steps": 2, "runs_dir": str(tmp_path / "runs")}), "t"), CPU,
                   show_progress=False)  # fmt: skip

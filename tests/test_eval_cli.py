@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import torch
+import yaml
+from conftest import invoke, run_main, tiny_dict
 
 from vqaudio.evaluation.evaluate import METRICS, MODEL_SYSTEM
 from vqaudio.train import metrics_log
-
-from conftest import invoke, run_main, tiny_dict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

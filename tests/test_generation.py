@@ -74,6 +74,7 @@ def test_greedy_decoding_is_the_argmax_of_the_full_pass(backend):
     assert torch.equal(out.classes, teacher_forced_logits(net, out.classes, c, g).argmax(-1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sampling_follows_the_softmax(backend):
     net = WaveNet(4, 4, 8, 4, layers=1, stacks=1).eval()

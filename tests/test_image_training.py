@@ -5,11 +5,10 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import invoke
 
 from vqaudio.errors import VQAudioError
 from vqaudio.recipe import validate_recipe
-
-from conftest import invoke
 
 
 def image_recipe(kind: str, root: str) -> dict:
@@ -48,9 +47,8 @@ def test_image_models_and_audio_data_do_not_mix():
 
 
 def test_pixelcnn_prior_trains_on_image_codes_and_samples_a_grid(cifar_like, tmp_path, monkeypatch, capsys):
-    from PIL import Image
-
     from conftest import run_main
+    from PIL import Image
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "vq.yaml").write_text(yaml.safe_dump(image_recipe("image_vqvae", str(cifar_like))))
@@ -86,9 +84,8 @@ def test_pixelcnn_prior_trains_on_image_codes_and_samples_a_grid(cifar_like, tmp
 
 
 def test_eval_reports_bits_per_dim_for_vqvae_prior_and_vae(cifar_like, tmp_path, monkeypatch, capsys):
-    from PIL import Image
-
     from conftest import run_main
+    from PIL import Image
 
     monkeypatch.chdir(tmp_path)
     root = str(cifar_like)

@@ -1,14 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_dict
 
 from vqaudio.generation.decode import decode
 from vqaudio.models.audio_vqvae import AudioVQVAE
 from vqaudio.models.build import build_audio_vqvae
 from vqaudio.models.encoder import AudioEncoder
 from vqaudio.recipe import validate_recipe
-
-from conftest import tiny_dict
 
 
 @pytest.mark.parametrize("layers", [0, 1, 3, 6])

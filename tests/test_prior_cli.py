@@ -9,12 +9,11 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-
-from vqaudio.inference.entropy import entropy_decode
-from vqaudio.formats.codes import read_codes
-from vqaudio.inference.load import load_prior
-
 from conftest import invoke, run_main
+
+from vqaudio.formats.codes import read_codes
+from vqaudio.inference.entropy import entropy_decode
+from vqaudio.inference.load import load_prior
 
 
 def prior_recipe(vqvae: Path, steps: int) -> dict:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from conftest import tiny_dict
+
 from vqaudio.data.demo import synthesize_utterance
 from vqaudio.evaluation.evaluate import decoder_nll_bits
-from vqaudio.formats.checkpoint import read_checkpoint, save_checkpoint, model_fingerprint
+from vqaudio.formats.checkpoint import (
+    model_fingerprint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from vqaudio.formats.metadata import AudioVQVAEMetadata
 from vqaudio.inference.load import Codec
 from vqaudio.models.build import build_audio_vqvae

@@ -1,12 +1,11 @@
 import pytest
 import yaml
+from conftest import examples, tiny_dict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vqaudio.errors import VQAudioError
 from vqaudio.recipe import apply_overrides, dump_recipe, load_recipe, validate_recipe
-
-from conftest import examples, tiny_dict
 
 
 def write(tmp_path, data, name="r.yaml"):

@@ -4,16 +4,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import tiny_dict
 
 from vqaudio.audio.io import iter_audio, read_audio
+from vqaudio.generation.engine import generate
 from vqaudio.inference.codec import decode_codes, iter_decode_codes
 from vqaudio.inference.load import Codec
-from vqaudio.models.streaming import encode_audio, encode_chunks
-from vqaudio.generation.engine import generate
 from vqaudio.models.build import build_audio_vqvae
+from vqaudio.models.streaming import encode_audio, encode_chunks
 from vqaudio.recipe import validate_recipe
-
-from conftest import tiny_dict
 
 
 def make_codec(top: dict | None = None, **encoder) -> Codec:

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_dict
 
+from vqaudio.formats.checkpoint import list_checkpoints, load_checkpoint
 from vqaudio.recipe import validate_recipe
 from vqaudio.tasks import build_setup
-from vqaudio.formats.checkpoint import list_checkpoints, load_checkpoint
 from vqaudio.tasks.run import resume_recipe, train
 from vqaudio.train.loop import Trainer
-
-from conftest import tiny_dict
 
 CPU = torch.device("cpu")
 
@@ -68,14 +67,16 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_resume_refuses_to_change_the_model(tmp_path):
-    from vqaudio.errors import VQAudioError
     import pytest
+
+    from vqaudio.errors import VQAudioError
 
     first = train(recipe(tmp_path, steps=2), CPU, show_progress=False)
     with pytest.raises(VQAudioError, match="model.quantizer.codebook_size cannot change"):
         resume_recipe(first.run_dir, ["model.quantizer.codebook_size=64"])
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path):
     data = tiny_dict(train={"steps": 100000, "checkpoint_every": 100000, "valid_every": 100000, "log_every": 1})
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
@@ -109,9 +110,8 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path):
 
 
 def test_a_checkpoint_outside_a_run_folder_is_a_one_line_error(tmp_path):
-    from vqaudio.train.run_dir import runs_dir_of
-
     from vqaudio.errors import VQAudioError
+    from vqaudio.train.run_dir import runs_dir_of
 
     loose = tmp_path / "model.pt"
     loose.touch()

@@ -8,11 +8,10 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import invoke, run_main
 
 from vqaudio.models.image_vqvae2 import ImageVQVAE2
 from vqaudio.recipe import validate_recipe
-
-from conftest import invoke, run_main
 
 
 def images(count: int = 4, seed: int = 0) -> torch.Tensor:

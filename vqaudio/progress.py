@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -74,3 +75,39 @@ def preparation_bar(description: str) -> Iterator[Callable[[int, int], None]]:
     """Yield `update(done, total)` for work whose total is known only when it starts."""
     with progress_bar(description, None, "files") as update:
         yield update
+
+
+class StepBar:
+    """The training bar: steps done of the total, time left, and the latest figures."""
+
+    def __init__(self, progress: Progress, task: Any) -> None:
+        self._progress = progress
+        self._task = task
+
+    def update(self, completed: int | None = None, summary: str | None = None, description: str | None = None) -> None:
+        fields: dict[str, Any] = {}
+        if completed is not None:
+            fields["completed"] = completed
+        if summary is not None:
+            fields["summary"] = summary
+        if description is not None:
+            fields["description"] = description
+        self._progress.update(self._task, **fields)
+
+
+@contextmanager
+def step_bar(total: int, completed: int, console: Console, enabled: bool = True) -> Iterator[StepBar]:
+    """A bar for `total` training steps starting at `completed`; nothing is drawn when not `enabled`."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[summary]}"),
+        console=console,
+        disable=not enabled,
+        transient=False,
+    )
+    with progress:
+        yield StepBar(progress, progress.add_task("train", total=total, completed=completed, summary=""))

@@ -1,1 +1,1 @@
-"""Measuring a trained codec: metrics, alignment, clip selection, classical baselines, the report."""
+"""`vqaudio eval` and `vqaudio plot`: metrics, alignment, clip selection, classical baselines, reports and figures."""

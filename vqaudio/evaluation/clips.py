@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from vqaudio.audio.io import AUDIO_SUFFIXES, read_audio
-from vqaudio.inference.codec import guess_speaker
 from vqaudio.data.corpus import ProgressFn, heldout_split, prepare_corpus
 from vqaudio.errors import VQAudioError
+from vqaudio.inference.codec import guess_speaker
 from vqaudio.recipe import Recipe, load_recipe
 
 SPLITS = ("valid", "train", "all")

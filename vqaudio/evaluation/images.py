@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from vqaudio.data.images import load_image_splits
 from vqaudio.inference.load import ImageModel, ImagePrior
 from vqaudio.models.image_vae import gaussian_kl
-from vqaudio.models.modes import evaluating
 from vqaudio.models.pixel_likelihood import pixel_nll, to_unit_range
 
 

@@ -24,7 +24,16 @@ from vqaudio.evaluation.images import evaluate_images
 from vqaudio.evaluation.report import write_report
 from vqaudio.fileio import check_writable
 from vqaudio.formats.images import grid, save_png
-from vqaudio.inference.load import AUDIO_PRIOR, IMAGE_PRIOR, Codec, ImageModel, ImagePrior, Prior, checkpoint_or_newest, load
+from vqaudio.inference.load import (
+    AUDIO_PRIOR,
+    IMAGE_PRIOR,
+    Codec,
+    ImageModel,
+    ImagePrior,
+    Prior,
+    checkpoint_or_newest,
+    load,
+)
 from vqaudio.inference.priors import load_prior_pair
 from vqaudio.recipe import IMAGE_MODELS
 

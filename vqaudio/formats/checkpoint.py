@@ -91,11 +91,6 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(folder.glob("step_*.pt"), key=checkpoint_step)
 
 
-def checkpoint_kind(path: str | Path) -> str | None:
-    """The model kind a checkpoint holds ("audio_vqvae", "code_prior", ...), read safely."""
-    return load_checkpoint(path).get("kind")
-
-
 @dataclass
 class Checkpoint:
     """A checkpoint read and checked: its kind, recipe and metadata typed, its weights as saved."""

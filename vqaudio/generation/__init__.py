@@ -1,1 +1,1 @@
-"""Autoregressive generation: one engine for every WaveNet (decoder and prior), three back ends."""
+"""Autoregressive generation: every sampler. One engine for every WaveNet (decoder and prior) with three back ends over one step description, code-prior stepping and sampling, cached PixelCNN sampling, decoding codes to audio."""

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from vqaudio.generation import fast_cpu
-from vqaudio.generation.wavenet_step import StepWeights, Stepper
+from vqaudio.generation.wavenet_step import Stepper, StepWeights
 from vqaudio.models.wavenet import WaveNet
 
 Backend = Literal["auto", "plain", "fast", "cuda-graph"]

@@ -12,7 +12,12 @@ from rich.table import Table
 
 from vqaudio.bitrate import bitrate
 from vqaudio.formats.checkpoint import read_checkpoint
-from vqaudio.formats.metadata import AudioVQVAEMetadata, CodePriorMetadata, ImageModelMetadata, ImagePriorMetadata
+from vqaudio.formats.metadata import (
+    AudioVQVAEMetadata,
+    CodePriorMetadata,
+    ImageModelMetadata,
+    ImagePriorMetadata,
+)
 from vqaudio.inference.load import resolve_checkpoint
 
 

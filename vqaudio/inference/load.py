@@ -14,7 +14,12 @@ import torch
 from vqaudio.bitrate import bitrate
 from vqaudio.errors import VQAudioError
 from vqaudio.formats.checkpoint import Checkpoint, list_checkpoints, read_checkpoint
-from vqaudio.formats.metadata import AudioVQVAEMetadata, CodePriorMetadata, ImageModelMetadata, ImagePriorMetadata
+from vqaudio.formats.metadata import (
+    AudioVQVAEMetadata,
+    CodePriorMetadata,
+    ImageModelMetadata,
+    ImagePriorMetadata,
+)
 from vqaudio.models.audio_vqvae import AudioVQVAE
 from vqaudio.models.build import build_model
 from vqaudio.models.code_prior import CodePrior

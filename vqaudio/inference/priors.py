@@ -17,9 +17,14 @@ import torch
 
 from vqaudio.errors import VQAudioError
 from vqaudio.formats.checkpoint import list_checkpoints, read_header
-from vqaudio.inference.load import AUDIO_PRIOR, ImagePrior, Prior, load, resolve_checkpoint
+from vqaudio.inference.load import (
+    AUDIO_PRIOR,
+    ImagePrior,
+    Prior,
+    load,
+    resolve_checkpoint,
+)
 from vqaudio.train.run_dir import run_folders, runs_dir_of
-
 
 
 def find_partner(runs_dir: Path, kind: str, level: str, vqvae_fingerprint: str) -> Path | None:

@@ -11,7 +11,11 @@ from torch import nn
 
 from vqaudio.errors import VQAudioError
 from vqaudio.formats.checkpoint import Checkpoint
-from vqaudio.formats.metadata import AudioVQVAEMetadata, CodePriorMetadata, ImagePriorMetadata
+from vqaudio.formats.metadata import (
+    AudioVQVAEMetadata,
+    CodePriorMetadata,
+    ImagePriorMetadata,
+)
 from vqaudio.models.audio_vqvae import AudioVQVAE
 from vqaudio.models.code_prior import CodePrior
 from vqaudio.models.encoder import AudioEncoder

@@ -9,6 +9,7 @@ work: `vqaudio.generation.wavenet_step` describes that step once for every back 
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -5,19 +5,17 @@ bottom one over the bottom maps, conditioned on the top maps through a residual 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vqaudio.data.corpus import ProgressFn
+from vqaudio.data.images import load_image_splits
 from vqaudio.errors import VQAudioError
 from vqaudio.fileio import atomic_output
-from vqaudio.data.images import load_image_splits
 from vqaudio.formats.checkpoint import Checkpoint, read_checkpoint
 from vqaudio.formats.metadata import ImageModelMetadata, ImagePriorMetadata
 from vqaudio.models.build import build_model, build_pixelcnn

@@ -11,6 +11,7 @@ import torch
 from rich.console import Console
 
 from vqaudio.errors import VQAudioError
+from vqaudio.formats.checkpoint import list_checkpoints, load_checkpoint
 from vqaudio.recipe import (
     Recipe,
     apply_overrides,
@@ -19,11 +20,15 @@ from vqaudio.recipe import (
     validate_recipe,
 )
 from vqaudio.tasks import build_setup
-from vqaudio.formats.checkpoint import list_checkpoints, load_checkpoint
-from vqaudio.train.distributed import Distributed, barrier, broadcast_text, distributed_job
+from vqaudio.train.distributed import (
+    Distributed,
+    barrier,
+    broadcast_text,
+    distributed_job,
+)
+from vqaudio.train.loop import Trainer, TrainResult
 from vqaudio.train.metrics_log import check_tensorboard_available
 from vqaudio.train.run_dir import create_run_dir, point_latest, resolve_run_dir
-from vqaudio.train.loop import Trainer, TrainResult
 
 
 def resume_recipe(run_dir: Path, overrides: list[str]) -> Recipe:

@@ -1,1 +1,1 @@
-"""Training: one loop for every model, checkpoints and run directories."""
+"""Training: one loop for every model kind, its optimisation step, RNG, signals, DDP, run folders and logs."""

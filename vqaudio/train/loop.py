@@ -23,17 +23,29 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from vqaudio.errors import TrainingInterrupted, VQAudioError
-from vqaudio.formats.checkpoint import list_checkpoints, model_fingerprint, save_checkpoint
+from vqaudio.formats.checkpoint import (
+    list_checkpoints,
+    model_fingerprint,
+    save_checkpoint,
+)
+from vqaudio.progress import step_bar
 from vqaudio.recipe import Recipe
 from vqaudio.train import distributed as dist_utils
 from vqaudio.train.distributed import SINGLE, Distributed
 from vqaudio.train.metrics_log import MetricsLog
 from vqaudio.train.rng import capture_rng, restore_rng
-from vqaudio.train.setup import Batch, Diverged, Metrics, Shard, TrainSetup, combine, detach
+from vqaudio.train.setup import (
+    Batch,
+    Diverged,
+    Metrics,
+    Shard,
+    TrainSetup,
+    combine,
+    detach,
+)
 from vqaudio.train.signals import StopRequest
 
 
@@ -304,36 +316,26 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train to `train.steps`; on Ctrl-C or SIGTERM, checkpoint and raise TrainingInterrupted."""
         cfg = self.config
-        columns = [
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[summary]}"),
-        ]
         window: list[Metrics] = []
         checkpoint = None
-        with contextlib.closing(self.metrics_log), StopRequest() as stop, Progress(
-            *columns, console=self.console, disable=not self.show_progress, transient=False
-        ) as progress:
-            task = progress.add_task("train", total=cfg.steps, completed=self.step, summary="")
+        bar = step_bar(cfg.steps, self.step, self.console, self.show_progress)
+        with contextlib.closing(self.metrics_log), StopRequest() as stop, bar as progress:
             while self.step < cfg.steps:
                 metrics, stopping = self._train_step(stop)
                 window.append(metrics)
-                progress.update(task, completed=self.step)
+                progress.update(completed=self.step)
                 last = self.step == cfg.steps
                 if self.step % cfg.log_every == 0 or last:
                     values = {**self._summarize(combine(window)), "lr": self.optimization.last_lr()}
                     window = []
                     self._log("train", values)
-                    progress.update(task, summary=self._summary(values))
+                    progress.update(summary=self._summary(values))
                 if self.job.is_main and (self.step % cfg.valid_every == 0 or last):
-                    progress.update(task, description="valid")
+                    progress.update(description="valid")
                     self.last_valid = self.validate()
                     if self.last_valid:
                         self._log("valid", self.last_valid)
-                    progress.update(task, description="train")
+                    progress.update(description="train")
                 if self.step % cfg.checkpoint_every == 0 or last or stopping:
                     checkpoint = self.save()
                 if stopping:
