@@ -25,8 +25,7 @@ from vqaudio.evaluation.report import write_report
 from vqaudio.fileio import check_writable
 from vqaudio.formats.images import grid, save_png
 from vqaudio.inference.load import (
-    AUDIO_PRIOR,
-    IMAGE_PRIOR,
+    PRIOR_KINDS,
     Codec,
     ImageModel,
     ImagePrior,
@@ -34,7 +33,7 @@ from vqaudio.inference.load import (
     checkpoint_or_newest,
     load,
 )
-from vqaudio.inference.priors import load_prior_pair
+from vqaudio.inference.priors import with_partner
 from vqaudio.recipe import IMAGE_MODELS
 
 Progress = Callable[[str, int | None, str], contextlib.AbstractContextManager]
@@ -68,15 +67,16 @@ def run_eval(request: EvalRequest, device: torch.device, progress: Progress | No
         check_writable(request.json_out, request.force)
     if request.max_clips is not None and request.max_clips < 1:
         raise VQAudioError(f"--max-clips {request.max_clips}: must be at least 1")
-    kinds = ("audio_vqvae", AUDIO_PRIOR, *IMAGE_MODELS, IMAGE_PRIOR)
-    target = request.checkpoint or request.prior
-    first = load(checkpoint_or_newest(target, ("audio_vqvae",)), device, kinds=kinds)
+    if request.prior is not None:  # -c, if given, is then the prior's VQ-VAE
+        first = load(request.prior, device, request.checkpoint, kinds=PRIOR_KINDS)
+    else:
+        kinds = ("audio_vqvae", *IMAGE_MODELS, *PRIOR_KINDS)
+        first = load(checkpoint_or_newest(request.checkpoint, ("audio_vqvae",)), device, kinds=kinds)
     if isinstance(first, (ImageModel, ImagePrior)):
         return _eval_images(request, first, device)
     prior = bottom_prior = None
-    if isinstance(first, Prior) or request.prior is not None:
-        vqvae = request.checkpoint if request.prior is not None else None
-        prior, bottom_prior = load_prior_pair(request.prior or first.checkpoint, device, request.bottom, vqvae)
+    if isinstance(first, Prior):
+        prior, bottom_prior = with_partner(first, device, request.bottom, request.checkpoint if request.prior else None)
         codec = prior.codec
     else:
         if request.bottom is not None:
@@ -105,8 +105,8 @@ def _eval_images(request: EvalRequest, first: ImageModel | ImagePrior, device: t
     if audio_only:
         raise VQAudioError(f"{', '.join(audio_only)}: audio options; an image model is scored on its own held-out images")
     prior = bottom_prior = None
-    if isinstance(first, ImagePrior) or request.prior is not None:
-        top, second = load_prior_pair(request.prior or first.checkpoint, device, request.bottom, kinds=(IMAGE_PRIOR,))
+    if isinstance(first, ImagePrior):
+        top, second = with_partner(first, device, request.bottom, request.checkpoint if request.prior else None)
         model, prior, bottom_prior = top.vqvae, top, second
     else:
         assert isinstance(first, ImageModel)

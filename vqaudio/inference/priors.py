@@ -19,6 +19,7 @@ from vqaudio.errors import VQAudioError
 from vqaudio.formats.checkpoint import list_checkpoints, read_header
 from vqaudio.inference.load import (
     AUDIO_PRIOR,
+    IMAGE_PRIOR,
     ImagePrior,
     Prior,
     load,
@@ -39,17 +40,49 @@ def find_partner(runs_dir: Path, kind: str, level: str, vqvae_fingerprint: str) 
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
+def _check_first(first: Prior | ImagePrior, bottom_given: bool, option: str) -> None:
+    if first.level == "bottom":
+        raise VQAudioError(f"{first.checkpoint}: a bottom prior; give the top prior (-c) and this one with {option}")
+    if first.level is None and bottom_given:
+        raise VQAudioError(f"{option}: {first.checkpoint} is a prior over one-level codes; there is no bottom level")
+
+
 def check_pair(first: Prior | ImagePrior, bottom: Prior | ImagePrior | None, option: str = "--bottom") -> None:
     """A one-level model's codes go under one prior; a two-level model's under its top prior and
     its bottom prior (`bottom`), both over the same VQ-VAE."""
-    if first.level == "bottom":
-        raise VQAudioError(f"{first.checkpoint}: a bottom prior; give the top prior (-c) and this one with {option}")
+    _check_first(first, bottom is not None, option)
     if first.level == "top" and bottom is None:
         raise VQAudioError(f"{first.checkpoint}: a top prior; two-level codes are coded with its bottom prior too ({option})")
-    if first.level is None and bottom is not None:
-        raise VQAudioError(f"{option}: {first.checkpoint} is a prior over one-level codes; there is no bottom level")
     if bottom is not None and (bottom.level != "bottom" or bottom.vqvae_fingerprint != first.vqvae_fingerprint):
         raise VQAudioError(f"{bottom.checkpoint}: not a bottom prior over the VQ-VAE of {first.checkpoint}")
+
+
+def _kind(prior: Prior | ImagePrior) -> str:
+    return AUDIO_PRIOR if isinstance(prior, Prior) else IMAGE_PRIOR
+
+
+def with_partner(
+    first: Prior | ImagePrior, device: torch.device, bottom: str | Path | None = None, vqvae: str | Path | None = None
+) -> tuple[Any, Any]:
+    """`first` and, when it is a two-level VQ-VAE's top prior, its bottom partner: `bottom` (a
+    checkpoint or run folder), or the newest bottom prior over the same VQ-VAE beside it."""
+    _check_first(first, bottom is not None, "--bottom")
+    if first.level != "top":
+        return first, None
+    kind = _kind(first)
+    if bottom is None:
+        runs = runs_dir_of(first.checkpoint)
+        bottom = find_partner(runs, kind, "bottom", first.vqvae_fingerprint)
+        if bottom is None:
+            example = "recipes/demo_vqvae2_bottom_prior.yaml" if kind == AUDIO_PRIOR else "prior.level=bottom"
+            raise VQAudioError(
+                f"{first.checkpoint} is a top prior: no bottom prior over its VQ-VAE under {runs}/; "
+                f"train one ({example}) or pass --bottom"
+            )
+    second = load(resolve_checkpoint(bottom, "--bottom"), device, vqvae, kinds=(kind,))
+    assert isinstance(second, (Prior, ImagePrior))
+    check_pair(first, second)
+    return first, second
 
 
 def load_prior_pair(
@@ -60,35 +93,17 @@ def load_prior_pair(
     chosen: bool = False,
     kinds: tuple[str, ...] = (AUDIO_PRIOR,),
 ) -> tuple[Any, Any]:
-    """A prior (audio or image, as `kinds` allows), and for a two-level VQ-VAE's top prior its
-    bottom partner (given, or the newest over the same VQ-VAE beside it). `chosen`: the checkpoint
-    was picked as the newest prior, so a bottom prior stands for its pair (the newest top prior
-    beside it)."""
+    """A prior (audio or image, as `kinds` allows) and, for a two-level VQ-VAE's top prior, its
+    bottom partner (see `with_partner`). `chosen`: the checkpoint was picked as the newest prior,
+    so a bottom prior stands for its pair (the newest top prior beside it)."""
     first = load(checkpoint, device, vqvae, kinds=kinds)
     if not isinstance(first, (Prior, ImagePrior)):
         raise VQAudioError(f"{checkpoint}: not a prior")
-    kind = "code_prior" if isinstance(first, Prior) else "image_prior"
     if first.level == "bottom" and chosen and bottom is None:
-        top = find_partner(runs_dir_of(first.checkpoint), kind, "top", first.vqvae_fingerprint)
+        top = find_partner(runs_dir_of(first.checkpoint), _kind(first), "top", first.vqvae_fingerprint)
         if top is not None:
             bottom, first = first.checkpoint, load(top, device, vqvae, kinds=kinds)  # type: ignore[assignment]
-    if first.level == "bottom" or (first.level is None and bottom is not None):
-        check_pair(first, None if bottom is None else first)  # the one-line error for the misuse
-    if first.level != "top":
-        return first, None
-    if bottom is None:
-        runs = runs_dir_of(first.checkpoint)
-        bottom = find_partner(runs, kind, "bottom", first.vqvae_fingerprint)
-        if bottom is None:
-            example = "recipes/demo_vqvae2_bottom_prior.yaml" if kind == "code_prior" else "prior.level=bottom"
-            raise VQAudioError(
-                f"{first.checkpoint} is a top prior: no bottom prior over its VQ-VAE under {runs}/; "
-                f"train one ({example}) or pass --bottom"
-            )
-    second = load(resolve_checkpoint(bottom, "--bottom"), device, vqvae, kinds=kinds)
-    assert isinstance(second, (Prior, ImagePrior))
-    check_pair(first, second)
-    return first, second
+    return with_partner(first, device, bottom, vqvae)  # type: ignore[arg-type]
 
 
 def prior_bits(prior: Prior, codes: np.ndarray, speaker: int, top: np.ndarray | None = None) -> float:
