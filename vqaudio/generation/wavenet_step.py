@@ -20,6 +20,7 @@ tested equal to `WaveNet.forward`, the teacher-forced pass.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,6 +104,8 @@ class StepWeights:
 class RingSlots:
     """Which history rows a position reads and writes, for every layer at once."""
 
+    TABLE_LIMIT = 1 << 16  # positions repeat their rows with the period lcm(spans): tabulate it when small
+
     def __init__(self, weights: StepWeights) -> None:
         device = weights.embed.device
         k = weights.kernel_size
@@ -110,12 +113,26 @@ class RingSlots:
         self.offsets = torch.tensor(weights.offsets, device=device)[:, None]
         # tap j (oldest first) of layer l reads position t - (k - 1 - j) * dilation
         self.delays = torch.tensor([[(k - 1 - j) * d for j in range(k - 1)] for d in weights.dilations], device=device)
+        self.period = math.lcm(*weights.spans)
+        self.rows: list[tuple[list[list[int]], list[int]]] | None = None
+        if self.period <= self.TABLE_LIMIT:
+            positions = torch.arange(self.period)[:, None, None]
+            read, write = self._read(positions.to(device)).cpu(), self._write(positions.to(device)).cpu()
+            self.rows = [(r.tolist(), w[:, 0].tolist()) for r, w in zip(read, write)]
 
-    def at(self, position: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows read [layers, kernel - 1], row written [layers, 1]) at `position`."""
-        read = self.offsets + torch.remainder(position - self.delays, self.spans)
-        write = self.offsets + torch.remainder(position + torch.zeros_like(self.spans), self.spans)
-        return read, write
+    def _read(self, position: int | torch.Tensor) -> torch.Tensor:
+        return self.offsets + torch.remainder(position - self.delays, self.spans)
+
+    def _write(self, position: int | torch.Tensor) -> torch.Tensor:
+        return self.offsets + torch.remainder(position + torch.zeros_like(self.spans), self.spans)
+
+    def at(self, position: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | tuple[list[list[int]], list[int]]:
+        """(rows read [layers][kernel - 1], row written [layers]) at `position`: Python integers
+        for a Python position (read as views, the fastest on the CPU), tensors computed on the
+        device for a tensor position (as a CUDA graph needs)."""
+        if isinstance(position, int) and self.rows is not None:
+            return self.rows[position % self.period]
+        return self._read(position), self._write(position)
 
 
 def step(
@@ -130,10 +147,15 @@ def step(
     h = w.embed.index_select(0, inputs)
     batch = h.shape[0]
     skip = None
+    by_index = isinstance(write, list)
     for layer in range(len(w.dilations)):
-        taps = history.index_select(1, read[layer]).reshape(batch, -1)
-        stacked = torch.cat([taps, h], dim=1)
-        history.index_copy_(1, write[layer], h.unsqueeze(1))
+        if by_index:  # views of the rows, then a copy of h into its row
+            stacked = torch.cat([*(history[:, row] for row in read[layer]), h], dim=1)
+            history[:, write[layer]] = h
+        else:
+            taps = history.index_select(1, read[layer]).reshape(batch, -1)
+            stacked = torch.cat([taps, h], dim=1)
+            history.index_copy_(1, write[layer], h.unsqueeze(1))
         a = torch.addmm(bias[:, layer * gate : (layer + 1) * gate], stacked, w.conv[layer])
         z = torch.tanh(a[:, :half]) * torch.sigmoid(a[:, half:])
         o = torch.addmm(w.out_b[layer], z, w.out_w[layer])
