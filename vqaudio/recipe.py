@@ -243,20 +243,24 @@ class Recipe(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     data: DataConfig = DataConfig()
+    model: Any  # each subclass types its own (declared here to keep the sections' order in saved recipes)
+    prior: Any = None
     train: TrainConfig
 
     @property
     def kind(self) -> str:
-        return self.model.kind  # type: ignore[attr-defined]
+        return self.model.kind
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved recipe; a prior's has no data section (it uses its VQ-VAE's corpus)."""
-        skip = {"data"} if self.kind in PRIOR_MODELS else set()
+        """The resolved recipe; a prior's has no data section (it uses its VQ-VAE's corpus), and
+        other recipes have no prior section."""
+        skip = {"data"} if self.kind in PRIOR_MODELS else {"prior"}
         return self.model_dump(mode="json", exclude=skip)
 
 
 class AudioRecipe(Recipe):
     model: AudioModelConfig = AudioModelConfig()
+    prior: None = None
 
     @model_validator(mode="after")
     def _crop_fits_hop(self) -> AudioRecipe:
@@ -282,6 +286,7 @@ class AudioRecipe(Recipe):
 
 class ImageRecipe(Recipe):
     model: ImageModelConfig
+    prior: None = None
 
     @model_validator(mode="after")
     def _image_data(self) -> ImageRecipe:
@@ -333,6 +338,8 @@ def _describe(root: type[BaseModel], err: dict[str, Any]) -> tuple[str, str]:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     kind = err["type"]
+    if loc == ("prior",) and kind in ("extra_forbidden", "none_required"):
+        return key, "the prior section belongs to model.kind code_prior or image_prior recipes"
     if kind == "extra_forbidden":
         if loc == ("prior",):
             return key, "the prior section belongs to model.kind code_prior or image_prior recipes"
