@@ -1,5 +1,6 @@
 """`vqaudio eval`, `vqaudio plot` and TensorBoard logging, end to end through the CLI."""
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -70,7 +71,8 @@ def test_eval_json_schema_and_summaries(trained, tmp_path):
     for heading, _ in METRICS.values():
         assert heading in result.output
     written = {p.name for p in (tmp_path / "listen").glob("demo0_0.*.wav")}
-    assert written == {"demo0_0.reference.wav"} | {f"demo0_0.{name.replace(' ', '_')}.wav" for name in systems}
+    coded = [name for name in systems if name != "original"]  # the original is the reference itself
+    assert written == {"demo0_0.reference.wav"} | {f"demo0_0.{name.replace(' ', '_')}.wav" for name in coded}
     assert (tmp_path / "listen" / "demo1_1.vqaudio.wav").stat().st_size > 44
 
 
@@ -79,11 +81,11 @@ def test_eval_defaults_to_the_models_held_out_split(trained, tmp_path):
     report_path = tmp_path / "r.json"
     invoke("eval", "-c", str(checkpoint), "--json", str(report_path), "--no-baselines")
     report = json.loads(report_path.read_text())
-    assert [s["name"] for s in report["systems"]] == [MODEL_SYSTEM]
+    assert [s["name"] for s in report["systems"]] == [MODEL_SYSTEM, "original"]  # originals: the DNSMOS ceiling
     assert "held-out split of 'tiny'" in report["data"]
     # Exactly the utterances held out when the model was trained (recorded in its checkpoint).
     held_out = torch.load(checkpoint, weights_only=True)["metadata"]["valid_ids"]
-    assert len(held_out) == 2 and sorted(row["clip"] for row in report["clips"]) == sorted(held_out)
+    assert len(held_out) == 2 and sorted(row["clip"] for row in report["clips"] if row["system"] == MODEL_SYSTEM) == sorted(held_out)
 
 
 def test_eval_baselines_appear_when_installed(trained, tmp_path):
@@ -91,12 +93,25 @@ def test_eval_baselines_appear_when_installed(trained, tmp_path):
         pytest.skip("opus-tools or codec2 not installed")
     _, checkpoint = trained
     report_path = tmp_path / "r.json"
-    invoke("eval", "-c", str(checkpoint), "--data", str(write_clips(tmp_path / "c", 1)), "--json", str(report_path))
+    clips = write_clips(tmp_path / "c", 1)
+    result = invoke("eval", "-c", str(checkpoint), "--data", str(clips), "--json", str(report_path), "--metrics", "stoi,dnsmos")
     report = json.loads(report_path.read_text())
     by_name = {s["name"]: s for s in report["systems"]}
-    assert set(by_name) == {MODEL_SYSTEM, "opus 6 kbps", "codec2 2400", "codec2 1200"}
-    assert by_name["codec2 2400"]["stream_bitrate"] == pytest.approx(2400, rel=0.05)
-    assert by_name["codec2 1200"]["stream_bitrate"] == pytest.approx(1200, rel=0.05)
+    codecs = {"opus 6 kbps", "opus 8 kbps", "opus 12 kbps", "codec2 1200", "codec2 2400", "codec2 3200"}
+    assert set(by_name) == {MODEL_SYSTEM, "original", *codecs}
+    for name, rate in (("codec2 1200", 1200), ("codec2 2400", 2400), ("codec2 3200", 3200)):
+        assert by_name[name]["stream_bitrate"] == pytest.approx(rate, rel=0.05)
+    assert report["metrics"] == ["stoi", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"]
+    # the table reads from the lowest bitrate up, the originals (no-reference DNSMOS only) last
+    header = next(line for line in result.output.splitlines() if "bit/s" in line)
+    rates = [int(cell) for cell in header.replace("│", " ").split() if cell.isdigit()]
+    assert rates == sorted(rates) == [1200, 2400, 3200, 5000, 6000, 8000, 12000] and header.rstrip(" │").endswith("-")
+    original = by_name["original"]["summary"]
+    assert original["stoi"]["n"] == 0 and original["dnsmos_ovrl"]["n"] == (1 if importlib.util.find_spec("speechmos") else 0)
+    # only some baselines, or a typo, on request
+    invoke("eval", "-c", str(checkpoint), "--data", str(clips), "--json", str(report_path), "--force", "--metrics", "stoi",
+           "--baselines", "codec2_3200,opus12")  # fmt: skip
+    assert [s["name"] for s in json.loads(report_path.read_text())["systems"]] == [MODEL_SYSTEM, "codec2 3200", "opus 12 kbps"]
 
 
 def test_eval_reports_skipped_metrics_and_baselines(trained, tmp_path, monkeypatch):
@@ -117,7 +132,8 @@ def test_eval_reports_skipped_metrics_and_baselines(trained, tmp_path, monkeypat
     # No STOI was computed: none in any row, "-" in the table; the other metrics still were.
     report = json.loads(report_path.read_text())
     assert set(report["skipped_metrics"]) == {"stoi"}
-    assert report["clips"] and all(row["stoi"] is None and row["si_snr"] is not None for row in report["clips"])
+    model_rows = [row for row in report["clips"] if row["system"] == MODEL_SYSTEM]
+    assert model_rows and all(row["stoi"] is None and row["si_snr"] is not None for row in model_rows)
     assert report["systems"][0]["summary"]["stoi"]["n"] == 0
     (stoi_row,) = [line for line in result.output.splitlines() if "STOI ↑" in line]
     assert stoi_row.replace("│", " ").split()[-1] == "-"

@@ -265,7 +265,15 @@ def eval_command(
     temperature: Annotated[float, typer.Option("--temperature", help="decoder sampling temperature; 0 = most likely")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="random seed for sampling")] = 0,
     backend: Annotated[str, typer.Option("--backend", help="auto, fast, plain or cuda-graph")] = "auto",
-    baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="run Opus and Codec2 when installed")] = True,
+    baselines: Annotated[
+        str,
+        typer.Option("--baselines", help="classical codecs beside the model: all, none, or some of opus6,opus8,opus12,codec2_1200,codec2_2400,codec2_3200"),
+    ] = "all",
+    no_baselines: Annotated[bool, typer.Option("--no-baselines", help="the same as --baselines none")] = False,
+    metrics: Annotated[
+        Optional[str],
+        typer.Option("--metrics", help="a subset of the metrics, e.g. pesq_wb,stoi,visqol,warpq,dnsmos,speaker_sim; default all"),
+    ] = None,
     max_clips: Annotated[Optional[int], typer.Option("--max-clips", help="evaluate only the first N clips")] = None,
     audio_dir: Annotated[
         Optional[Path], typer.Option("--audio-dir", help="write each reference and reconstruction here for listening")
@@ -287,7 +295,8 @@ def eval_command(
     from vqaudio.evaluation.run import EvalRequest, run_eval
 
     _check_backend(backend)
-    options = EvalOptions(n_q, temperature, seed, backend, baselines, audio_dir=audio_dir)  # type: ignore[arg-type]
+    chosen = "none" if no_baselines else baselines
+    options = EvalOptions(n_q, temperature, seed, backend, chosen, audio_dir=audio_dir, metrics=metrics)  # type: ignore[arg-type]
     request = EvalRequest(checkpoint, prior_checkpoint, bottom, data, json_out, options, max_clips, force)
     if checkpoint is None and prior_checkpoint is None:
         request.checkpoint = _newest(None)

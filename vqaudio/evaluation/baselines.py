@@ -31,7 +31,8 @@ class Transcoded:
 
 @dataclass
 class Baseline:
-    name: str
+    name: str  # as the table shows it
+    key: str  # as --baselines names it
     bitrate: float  # nominal bits per second
     tools: tuple[str, ...]
     run: Callable[[np.ndarray, int, Path], Transcoded]
@@ -72,17 +73,37 @@ def _codec2(mode: int) -> Callable[[np.ndarray, int, Path], Transcoded]:
     return run
 
 
+OPUS, CODEC2 = ("opusenc", "opusdec"), ("c2enc", "c2dec")
 BASELINES = [
-    Baseline("opus 6 kbps", 6000.0, ("opusenc", "opusdec"), _opus(6)),
-    Baseline("codec2 2400", 2400.0, ("c2enc", "c2dec"), _codec2(2400)),
-    Baseline("codec2 1200", 1200.0, ("c2enc", "c2dec"), _codec2(1200)),
+    Baseline("codec2 1200", "codec2_1200", 1200.0, CODEC2, _codec2(1200)),
+    Baseline("codec2 2400", "codec2_2400", 2400.0, CODEC2, _codec2(2400)),
+    Baseline("codec2 3200", "codec2_3200", 3200.0, CODEC2, _codec2(3200)),
+    Baseline("opus 6 kbps", "opus6", 6000.0, OPUS, _opus(6)),
+    Baseline("opus 8 kbps", "opus8", 8000.0, OPUS, _opus(8)),
+    Baseline("opus 12 kbps", "opus12", 12000.0, OPUS, _opus(12)),
 ]
 
 
-def available_baselines() -> tuple[list[Baseline], list[str]]:
-    """The baselines whose tools are on PATH, and a note for each one skipped."""
+def choose_baselines(spec: str) -> list[Baseline]:
+    """`--baselines`: "all", "none", or comma-separated keys (opus6,codec2_2400,...)."""
+    text = spec.strip().lower()
+    if text == "all":
+        return list(BASELINES)
+    if text in ("none", ""):
+        return []
+    keys = {b.key: b for b in BASELINES}
+    chosen = []
+    for key in (part.strip() for part in text.split(",")):
+        if key not in keys:
+            raise VQAudioError(f"--baselines {spec!r}: unknown baseline {key!r}; choose from all, none, {', '.join(keys)}")
+        chosen.append(keys[key])
+    return chosen
+
+
+def available_baselines(wanted: list[Baseline] | None = None) -> tuple[list[Baseline], list[str]]:
+    """The baselines (of `wanted`, all by default) whose tools are on PATH, and a note for each one skipped."""
     found, skipped = [], []
-    for baseline in BASELINES:
+    for baseline in BASELINES if wanted is None else wanted:
         missing = [tool for tool in baseline.tools if shutil.which(tool) is None]
         if missing:
             package = "opus-tools" if "opusenc" in baseline.tools else "codec2"

@@ -21,10 +21,19 @@ import torch.nn.functional as F
 
 from vqaudio.audio.io import write_wav
 from vqaudio.errors import VQAudioError
+from vqaudio.evaluation import perceptual
 from vqaudio.evaluation.alignment import align, estimate_lag
-from vqaudio.evaluation.baselines import Baseline, available_baselines, transcode
+from vqaudio.evaluation.baselines import (
+    available_baselines,
+    choose_baselines,
+    transcode,
+)
 from vqaudio.evaluation.clips import EvalClip
-from vqaudio.evaluation.metrics import all_metrics, optional_metrics_missing
+from vqaudio.evaluation.metrics import (
+    SIGNAL_METRICS,
+    all_metrics,
+    optional_metrics_missing,
+)
 from vqaudio.generation.engine import Backend
 from vqaudio.inference.codec import decode_codes
 from vqaudio.inference.entropy import entropy_encode
@@ -38,6 +47,8 @@ REPORT_FORMAT = "vqaudio-eval"
 REPORT_VERSION = 1
 MODEL_SYSTEM = "vqaudio"
 
+ORIGINAL_SYSTEM = "original"  # the references themselves: the ceiling of the no-reference metrics
+
 # name -> (column title, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
     "si_snr": ("SI-SNR dB", True),
@@ -45,7 +56,63 @@ METRICS: dict[str, tuple[str, bool]] = {
     "log_mel_distance": ("log-mel", False),
     "pesq_wb": ("PESQ-WB", True),
     "stoi": ("STOI", True),
+    "visqol": ("ViSQOL", True),
+    "warpq": ("WARP-Q", False),
+    "dnsmos_sig": ("DNSMOS SIG", True),
+    "dnsmos_bak": ("DNSMOS BAK", True),
+    "dnsmos_ovrl": ("DNSMOS OVRL", True),
+    "speaker_sim": ("spk-sim", True),
 }
+DNSMOS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
+# the metrics that need no reference: the originals are scored too
+NO_REFERENCE = DNSMOS
+
+
+def choose_metrics(spec: str | None) -> list[str]:
+    """`--metrics a,b,...` (metric names, or `dnsmos` for its three scores); None: every metric."""
+    if spec is None or spec.strip().lower() == "all":
+        return list(METRICS)
+    chosen: list[str] = []
+    for name in (part.strip().lower() for part in spec.split(",") if part.strip()):
+        names = list(DNSMOS) if name == "dnsmos" else [name]
+        for metric in names:
+            if metric not in METRICS:
+                raise VQAudioError(f"--metrics {spec!r}: unknown metric {name!r}; choose from all, dnsmos, {', '.join(METRICS)}")
+            if metric not in chosen:
+                chosen.append(metric)
+    if not chosen:
+        raise VQAudioError(f"--metrics {spec!r}: name at least one metric")
+    return chosen
+
+
+def _skipped(metrics: list[str]) -> dict[str, str]:
+    """The chosen metrics that cannot run here, each with the reason (a package to install)."""
+    missing = optional_metrics_missing()
+    needs = {m: perceptual.PACKAGES["dnsmos" if m in DNSMOS else m] for m in metrics if m in perceptual.PACKAGES or m in DNSMOS}
+    for metric, reason in perceptual.missing_packages(sorted({"dnsmos" if m in DNSMOS else m for m in needs})).items():
+        for name in DNSMOS if metric == "dnsmos" else (metric,):
+            missing[name] = reason
+    return {m: reason for m, reason in missing.items() if m in metrics}
+
+
+def _scores(reference: np.ndarray, estimate: np.ndarray, sample_rate: int, metrics: list[str]) -> dict[str, float | None]:
+    """Every chosen metric of an aligned pair (None where it cannot be computed)."""
+    row: dict[str, float | None] = {}
+    row.update(all_metrics(reference, estimate, sample_rate, [m for m in metrics if m in SIGNAL_METRICS]))
+    if "visqol" in metrics:
+        row["visqol"] = perceptual.visqol(reference, estimate, sample_rate)
+    if "warpq" in metrics:
+        row["warpq"] = perceptual.warpq(reference, estimate, sample_rate)
+    if any(m in metrics for m in DNSMOS):
+        row.update(_dnsmos(estimate, sample_rate, metrics))
+    if "speaker_sim" in metrics:
+        row["speaker_sim"] = perceptual.speaker_similarity(reference, estimate, sample_rate)
+    return row
+
+
+def _dnsmos(audio: np.ndarray, sample_rate: int, metrics: list[str]) -> dict[str, float | None]:
+    scores = perceptual.dnsmos(audio, sample_rate)
+    return {m: (scores[m.removeprefix("dnsmos_")] if scores else None) for m in DNSMOS if m in metrics}
 
 
 @dataclass
@@ -54,9 +121,10 @@ class EvalOptions:
     temperature: float = 1.0
     seed: int = 0
     backend: Backend = "auto"
-    baselines: bool = True
+    baselines: str = "all"  # all, none, or comma-separated keys (see evaluation.baselines)
     max_lag_seconds: float = 0.1
     audio_dir: Path | None = None  # write reference and reconstructions here for listening
+    metrics: str | None = None  # --metrics: a comma-separated subset of METRICS (None: all)
 
 
 def _spread(values: list[float | None]) -> dict[str, float | int | None]:
@@ -77,7 +145,7 @@ def _measure(clip: EvalClip, decoded: np.ndarray, system: str, sample_rate: int,
         "lag_samples": lag,
         "lag_ms": 1000.0 * lag / sample_rate,
     }
-    row.update(all_metrics(reference, estimate, sample_rate))
+    row.update(_scores(reference, estimate, sample_rate, choose_metrics(options.metrics)))
     if options.audio_dir is not None:
         stem = clip.id.replace("/", "_")
         write_wav(options.audio_dir / f"{stem}.{system.replace(' ', '_')}.wav", decoded, sample_rate, force=True)
@@ -134,11 +202,9 @@ def evaluate(
         raise VQAudioError(f"no clips to evaluate in {data_description}")
     sr = codec.sample_rate
     n_q = codec.check_n_q(options.n_q)
-    skipped = optional_metrics_missing()
-    baselines: list[Baseline] = []
-    baseline_notes: list[str] = []
-    if options.baselines:
-        baselines, baseline_notes = available_baselines()
+    metrics = choose_metrics(options.metrics)
+    skipped = _skipped(metrics)
+    baselines, baseline_notes = available_baselines(choose_baselines(options.baselines))
     if options.audio_dir is not None:
         options.audio_dir.mkdir(parents=True, exist_ok=True)
 
@@ -185,6 +251,10 @@ def evaluate(
             else:
                 estimated_bits += encoded.estimated_bits
                 rows[-1]["prior_bits_per_code"] = encoded.estimated_bits / codes.size
+        if any(m in metrics for m in NO_REFERENCE):  # the ceiling: the original recording itself
+            rows.append({"clip": clip.id, "system": ORIGINAL_SYSTEM, "speaker": clip.speaker,
+                         "seconds": clip.audio.size / sr, "lag_samples": 0, "lag_ms": 0.0,
+                         **{m: None for m in metrics}, **_dnsmos(clip.audio, sr, metrics)})  # fmt: skip
         done += 1
         if on_progress:
             on_progress(done)
@@ -208,9 +278,11 @@ def evaluate(
         }
     ]
     systems += [{"name": b.name, "bitrate": b.bitrate, "stream_bitrate": 8 * stream_bytes[b.name] / seconds} for b in baselines]
+    if any(r["system"] == ORIGINAL_SYSTEM for r in rows):
+        systems.append({"name": ORIGINAL_SYSTEM, "bitrate": None, "stream_bitrate": None})
     for system in systems:
         mine = [r for r in rows if r["system"] == system["name"]]
-        system["summary"] = {m: _spread([r[m] for r in mine]) for m in [*METRICS, "lag_ms"]}
+        system["summary"] = {m: _spread([r.get(m) for r in mine]) for m in [*METRICS, "lag_ms"]}
     if prior is not None and bottom_prior is not None:
         total_top = sum(t.size for t in all_top)
         total_codes = sum(c.size for c in all_codes)
@@ -248,6 +320,7 @@ def evaluate(
         "n_q": n_q,
         "temperature": options.temperature,
         "seed": options.seed,
+        "metrics": metrics,
         "codebook_usage": _usage(all_codes, codec.codebook_size),
         "top_codebook_usage": _usage(all_top, codec.top_codebook_size or 2) if all_top else None,
         "systems": systems,

@@ -10,13 +10,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from vqaudio.evaluation.evaluate import METRICS
+from vqaudio.evaluation.evaluate import METRICS, MODEL_SYSTEM
 from vqaudio.fileio import atomic_output
 
 
-def _cell(summary: dict[str, Any], digits: int) -> str:
+def _cell(summary: dict[str, Any], digits: int, spread: bool = True) -> str:
     if summary["mean"] is None:
         return "-"
+    if not spread:
+        return f"{summary['mean']:.{digits}f}"
     return f"{summary['mean']:.{digits}f}±{summary['std']:.{digits}f}"
 
 
@@ -26,19 +28,25 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         f"{report['clips_evaluated']} clips, {report['seconds']:.1f} s ({report['data']}); "
         f"model step {report['step']}, temperature {report['temperature']:g}"
     )
+    # from the lowest bitrate up; the originals (scored by the no-reference metrics) last
+    systems = sorted(report["systems"], key=lambda s: (s["bitrate"] is None, s["bitrate"] or 0.0))
+    spread = len(systems) <= 4  # with more columns, means only (the spread is in the JSON report)
+    if not spread:
+        title += "; means over the clips (± in --json)"
     table = Table(title=title)  # one column per system, so that it fits 80 columns
     table.add_column("metric", no_wrap=True)
-    for system in report["systems"]:
+    for system in systems:
         table.add_column(system["name"], justify="right")
-    table.add_row("bit/s", *(f"{system['bitrate']:.0f}" for system in report["systems"]))
-    for metric, (heading, higher_better) in METRICS.items():
+    table.add_row("bit/s", *("-" if system["bitrate"] is None else f"{system['bitrate']:.0f}" for system in systems))
+    for metric in report.get("metrics", list(METRICS)):
+        heading, higher_better = METRICS[metric]
         digits = 1 if metric == "si_snr" else 2
-        cells = [_cell(system["summary"][metric], digits) for system in report["systems"]]
+        cells = [_cell(system["summary"][metric], digits, spread) for system in systems]
         table.add_row(f"{heading} {'↑' if higher_better else '↓'}", *cells)
-    table.add_row("lag ms", *(_cell(system["summary"]["lag_ms"], 1) for system in report["systems"]))
+    table.add_row("lag ms", *(_cell(system["summary"]["lag_ms"], 1, spread) for system in systems))
     console.print(table)
     usage = report["codebook_usage"]
-    model = report["systems"][0]
+    model = next(system for system in report["systems"] if system["name"] == MODEL_SYSTEM)
     top = report.get("top_codebook_usage")
     levels = f"bottom: {report['n_q']} codebook(s)" if top else f"{report['n_q']} codebook(s)"
     console.print(

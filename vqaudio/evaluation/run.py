@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from vqaudio.errors import VQAudioError
-from vqaudio.evaluation.baselines import available_baselines
+from vqaudio.evaluation.baselines import available_baselines, choose_baselines
 from vqaudio.evaluation.clips import select_clips
-from vqaudio.evaluation.evaluate import EvalOptions, evaluate
+from vqaudio.evaluation.evaluate import EvalOptions, choose_metrics, evaluate
 from vqaudio.evaluation.images import evaluate_images
 from vqaudio.evaluation.report import write_report
 from vqaudio.fileio import check_writable
@@ -87,7 +87,8 @@ def run_eval(request: EvalRequest, device: torch.device, progress: Progress | No
     with bar("prepare data", None, "files") as update:
         clips, description = select_clips(request.data, codec.recipe, codec.sample_rate, codec.speakers, update)
     clips = clips[: request.max_clips] if request.max_clips else clips
-    systems = 1 + (len(available_baselines()[0]) if options.baselines else 0)
+    choose_metrics(options.metrics)  # a typo in --metrics is refused before any work
+    systems = 1 + len(available_baselines(choose_baselines(options.baselines))[0])
     with bar("eval", len(clips) * systems, "runs") as update:
         report = evaluate(codec, clips, description, options, on_progress=update, prior=prior, bottom_prior=bottom_prior)
     written = []
