@@ -212,3 +212,30 @@ def test_tensorboard_missing_is_a_clear_error_before_training(tmp_path, monkeypa
     assert code == 2
     assert "train.tensorboard=true needs the tensorboard package: pip install tensorboard" in output
     assert not (tmp_path / "runs").exists()
+
+
+def test_eval_convert_decodes_every_clip_as_the_other_speakers(trained, tmp_path, capsys):
+    if importlib.util.find_spec("resemblyzer") is None:
+        pytest.skip("resemblyzer is not installed (pip install 'vqaudio[eval]')")
+    _, checkpoint = trained
+    clips = write_clips(tmp_path / "c")  # demo0_0.wav and demo1_1.wav: one clip per speaker
+    report_path = tmp_path / "r.json"
+    result = invoke("eval", "-c", str(checkpoint), "--data", str(clips), "--no-baselines", "--metrics", "stoi",
+                    "--convert", "--json", str(report_path))  # fmt: skip
+    conversion = json.loads(report_path.read_text())["conversion"]
+    assert conversion["targets"] == ["demo0", "demo1"]
+    pairs = {(row["clip"], row["target"]) for row in conversion["rows"]}
+    assert pairs == {("demo0_0", "demo0"), ("demo0_0", "demo1"), ("demo1_1", "demo1"), ("demo1_1", "demo0")}
+    for row in conversion["rows"]:
+        assert row["converted"] == (row["source"] != row["target"])
+        assert -1.0 <= row["target_similarity"] <= 1.0 and -1.0 <= row["source_similarity"] <= 1.0
+        if not row["converted"]:  # decoded as its own speaker: target and source are one centroid
+            assert row["target_similarity"] == row["source_similarity"]
+    assert conversion["converted"]["target_similarity"]["n"] == 2
+    assert "voice conversion to demo0, demo1" in " ".join(result.output.split())
+    invoke("eval", "-c", str(checkpoint), "--data", str(clips), "--no-baselines", "--metrics", "stoi",
+           "--to", "demo1", "--json", str(report_path), "--force")  # fmt: skip
+    rows = json.loads(report_path.read_text())["conversion"]["rows"]
+    assert {(row["clip"], row["target"]) for row in rows} == {("demo0_0", "demo0"), ("demo0_0", "demo1"), ("demo1_1", "demo1")}
+    code, output = run_main(capsys, "eval", "-c", str(checkpoint), "--data", str(clips), "--no-baselines", "--to", "zebra")
+    assert code == 2 and "--to 'zebra': not a speaker of this model" in output

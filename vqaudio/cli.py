@@ -274,6 +274,12 @@ def eval_command(
         Optional[str],
         typer.Option("--metrics", help="a subset of the metrics, e.g. pesq_wb,stoi,visqol,warpq,dnsmos,speaker_sim; default all"),
     ] = None,
+    convert: Annotated[
+        bool, typer.Option("--convert", help="also decode every clip as the other speakers and measure the conversion")
+    ] = False,
+    to: Annotated[
+        Optional[str], typer.Option("--to", help="--convert's target speakers, comma-separated names or indices")
+    ] = None,
     max_clips: Annotated[Optional[int], typer.Option("--max-clips", help="evaluate only the first N clips")] = None,
     audio_dir: Annotated[
         Optional[Path], typer.Option("--audio-dir", help="write each reference and reconstruction here for listening")
@@ -291,13 +297,18 @@ def eval_command(
     or an image model or prior: bits/dim on its held-out images."""
     from vqaudio.device import resolve_device
     from vqaudio.evaluation.evaluate import EvalOptions
-    from vqaudio.evaluation.report import render_image_report, render_report
+    from vqaudio.evaluation.report import (
+        render_conversion,
+        render_image_report,
+        render_report,
+    )
     from vqaudio.evaluation.run import EvalRequest, run_eval
 
     _check_backend(backend)
     chosen = "none" if no_baselines else baselines
     options = EvalOptions(n_q, temperature, seed, backend, chosen, audio_dir=audio_dir, metrics=metrics)  # type: ignore[arg-type]
-    request = EvalRequest(checkpoint, prior_checkpoint, bottom, data, json_out, options, max_clips, force)
+    targets = [t.strip() for t in to.split(",") if t.strip()] if to is not None else None
+    request = EvalRequest(checkpoint, prior_checkpoint, bottom, data, json_out, options, max_clips, force, convert, targets)
     if checkpoint is None and prior_checkpoint is None:
         request.checkpoint = _newest(None)
     result = run_eval(request, resolve_device(device), _bar)
@@ -305,6 +316,8 @@ def eval_command(
         render_image_report(result.report, out)
     else:
         render_report(result.report, out)
+        if "conversion" in result.report:
+            render_conversion(result.report["conversion"], out)
     for path in result.written:
         out.print(f"wrote {path}", soft_wrap=True)
 

@@ -99,3 +99,17 @@ def render_image_report(report: dict[str, Any], console: Console) -> None:
         if "bits" in key:
             table.add_row(key, f"{value:.3f}")
     console.print(table)
+
+
+def render_conversion(conversion: dict[str, Any], console: Console) -> None:
+    """Voice conversion: similarity to the target and to the source speaker, and naturalness,
+    of the converted clips beside the plain reconstructions."""
+    table = Table(title=f"voice conversion to {', '.join(conversion['targets'])} (speaker embeddings: resemblyzer)")
+    table.add_column("decoded as", no_wrap=True)
+    for heading in ("clips", "sim. to target ↑", "sim. to source", "DNSMOS SIG ↑", "DNSMOS OVRL ↑"):
+        table.add_column(heading, justify="right")
+    for name, key in (("its own speaker", "reconstructed"), ("another speaker", "converted")):
+        part = conversion[key]
+        cells = [_cell(part[k], 2) for k in ("target_similarity", "source_similarity", "dnsmos_sig", "dnsmos_ovrl")]
+        table.add_row(name, str(part["target_similarity"]["n"]), *cells)
+    console.print(table)

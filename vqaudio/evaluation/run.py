@@ -19,6 +19,7 @@ import torch
 from vqaudio.errors import VQAudioError
 from vqaudio.evaluation.baselines import available_baselines, choose_baselines
 from vqaudio.evaluation.clips import select_clips
+from vqaudio.evaluation.conversion import conversion_runs, evaluate_conversion
 from vqaudio.evaluation.evaluate import EvalOptions, choose_metrics, evaluate
 from vqaudio.evaluation.images import evaluate_images
 from vqaudio.evaluation.report import write_report
@@ -49,6 +50,8 @@ class EvalRequest:
     options: EvalOptions | None = None
     max_clips: int | None = None
     force: bool = False
+    convert: bool = False  # also decode every clip as other speakers (voice conversion)
+    to: list[str] | None = None  # the target speakers of --convert (default: every speaker with a clip here)
 
 
 @dataclass
@@ -91,6 +94,11 @@ def run_eval(request: EvalRequest, device: torch.device, progress: Progress | No
     systems = 1 + len(available_baselines(choose_baselines(options.baselines))[0])
     with bar("eval", len(clips) * systems, "runs") as update:
         report = evaluate(codec, clips, description, options, on_progress=update, prior=prior, bottom_prior=bottom_prior)
+    if request.convert or request.to:
+        with bar("convert", conversion_runs(codec, clips, request.to), "decodes") as update:
+            report["conversion"] = evaluate_conversion(
+                codec, clips, request.to, options.temperature, options.seed, options.backend, update
+            )
     written = []
     if request.json_out is not None:
         write_report(report, request.json_out, request.force)
@@ -102,7 +110,8 @@ def _eval_images(request: EvalRequest, first: ImageModel | ImagePrior, device: t
     """An image VQ-VAE or VAE (or an image prior: its VQ-VAE under it): bits/dim and a PNG of
     originals above reconstructions beside the run."""
     options = request.options or EvalOptions()
-    audio_only = [name for name, value in (("--data", request.data), ("--n-q", options.n_q), ("--audio-dir", options.audio_dir)) if value is not None]
+    given = (("--data", request.data), ("--n-q", options.n_q), ("--audio-dir", options.audio_dir), ("--to", request.to))
+    audio_only = [name for name, value in given if value is not None] + (["--convert"] if request.convert else [])
     if audio_only:
         raise VQAudioError(f"{', '.join(audio_only)}: audio options; an image model is scored on its own held-out images")
     prior = bottom_prior = None
