@@ -280,6 +280,9 @@ def eval_command(
     to: Annotated[
         Optional[str], typer.Option("--to", help="--convert's target speakers, comma-separated names or indices")
     ] = None,
+    html_out: Annotated[
+        Optional[Path], typer.Option("--html", help="also write one self-contained page: players, spectrograms, a blind listening test")
+    ] = None,
     max_clips: Annotated[Optional[int], typer.Option("--max-clips", help="evaluate only the first N clips")] = None,
     audio_dir: Annotated[
         Optional[Path], typer.Option("--audio-dir", help="write each reference and reconstruction here for listening")
@@ -308,7 +311,7 @@ def eval_command(
     chosen = "none" if no_baselines else baselines
     options = EvalOptions(n_q, temperature, seed, backend, chosen, audio_dir=audio_dir, metrics=metrics)  # type: ignore[arg-type]
     targets = [t.strip() for t in to.split(",") if t.strip()] if to is not None else None
-    request = EvalRequest(checkpoint, prior_checkpoint, bottom, data, json_out, options, max_clips, force, convert, targets)
+    request = EvalRequest(checkpoint, prior_checkpoint, bottom, data, json_out, options, max_clips, force, convert, targets, html_out)
     if checkpoint is None and prior_checkpoint is None:
         request.checkpoint = _newest(None)
     result = run_eval(request, resolve_device(device), _bar)
@@ -320,6 +323,29 @@ def eval_command(
             render_conversion(result.report["conversion"], out)
     for path in result.written:
         out.print(f"wrote {path}", soft_wrap=True)
+
+
+@app.command("listen-results")
+def listen_results(
+    files: Annotated[list[Path], typer.Argument(help="results downloaded from an eval --html page (.json or .csv)")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the summary to this JSON file")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Summarise listening-test results: per system the mean rating and its 95% interval."""
+    from vqaudio.evaluation.listening import summarise_files
+
+    summary = summarise_files(files, json_out, force)
+    from rich.table import Table
+
+    table = Table(title=f"{summary.ratings} ratings by {summary.listeners} listener(s) on {summary.clips} clip(s)")
+    for heading in ("system", "ratings", "mean", "95% interval"):
+        table.add_column(heading, justify="left" if heading == "system" else "right")
+    for row in summary.systems:
+        interval = "-" if row["ci95"] is None else f"±{row['ci95']:.1f}"
+        table.add_row(row["system"], str(row["n"]), f"{row['mean']:.1f}", interval)
+    out.print(table)
+    if json_out is not None:
+        out.print(f"wrote {json_out}", soft_wrap=True)
 
 
 @app.command()

@@ -125,6 +125,7 @@ class EvalOptions:
     max_lag_seconds: float = 0.1
     audio_dir: Path | None = None  # write reference and reconstructions here for listening
     metrics: str | None = None  # --metrics: a comma-separated subset of METRICS (None: all)
+    listen: dict[tuple[str, str], np.ndarray] | None = None  # when a dict: every decoded clip, by (clip, system)
 
 
 def _spread(values: list[float | None]) -> dict[str, float | int | None]:
@@ -149,6 +150,8 @@ def _measure(clip: EvalClip, decoded: np.ndarray, system: str, sample_rate: int,
     if options.audio_dir is not None:
         stem = clip.id.replace("/", "_")
         write_wav(options.audio_dir / f"{stem}.{system.replace(' ', '_')}.wav", decoded, sample_rate, force=True)
+    if options.listen is not None:
+        options.listen[(clip.id, system)] = decoded
     return row
 
 

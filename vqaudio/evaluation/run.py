@@ -22,6 +22,7 @@ from vqaudio.evaluation.clips import select_clips
 from vqaudio.evaluation.conversion import conversion_runs, evaluate_conversion
 from vqaudio.evaluation.evaluate import EvalOptions, choose_metrics, evaluate
 from vqaudio.evaluation.images import evaluate_images
+from vqaudio.evaluation.listening import build_page, write_page
 from vqaudio.evaluation.report import write_report
 from vqaudio.fileio import check_writable
 from vqaudio.formats.images import grid, save_png
@@ -52,6 +53,7 @@ class EvalRequest:
     force: bool = False
     convert: bool = False  # also decode every clip as other speakers (voice conversion)
     to: list[str] | None = None  # the target speakers of --convert (default: every speaker with a clip here)
+    html: Path | None = None  # a self-contained listening page (--html)
 
 
 @dataclass
@@ -66,8 +68,9 @@ def run_eval(request: EvalRequest, device: torch.device, progress: Progress | No
     evaluate it; writes the JSON report when asked."""
     options = request.options or EvalOptions()
     bar = progress or (lambda *_: contextlib.nullcontext(None))
-    if request.json_out is not None:
-        check_writable(request.json_out, request.force)
+    for path in (request.json_out, request.html):
+        if path is not None:
+            check_writable(path, request.force)
     if request.max_clips is not None and request.max_clips < 1:
         raise VQAudioError(f"--max-clips {request.max_clips}: must be at least 1")
     if request.prior is not None:  # -c, if given, is then the prior's VQ-VAE
@@ -92,6 +95,8 @@ def run_eval(request: EvalRequest, device: torch.device, progress: Progress | No
     clips = clips[: request.max_clips] if request.max_clips else clips
     choose_metrics(options.metrics)  # a typo in --metrics is refused before any work
     systems = 1 + len(available_baselines(choose_baselines(options.baselines))[0])
+    if request.html is not None:
+        options.listen = {}
     with bar("eval", len(clips) * systems, "runs") as update:
         report = evaluate(codec, clips, description, options, on_progress=update, prior=prior, bottom_prior=bottom_prior)
     if request.convert or request.to:
@@ -103,6 +108,9 @@ def run_eval(request: EvalRequest, device: torch.device, progress: Progress | No
     if request.json_out is not None:
         write_report(report, request.json_out, request.force)
         written.append(request.json_out)
+    if request.html is not None and options.listen is not None:
+        write_page(request.html, build_page(report, clips, options.listen, codec.sample_rate, options.seed), request.force)
+        written.append(request.html)
     return EvalResult(report, False, written)
 
 
@@ -111,7 +119,8 @@ def _eval_images(request: EvalRequest, first: ImageModel | ImagePrior, device: t
     originals above reconstructions beside the run."""
     options = request.options or EvalOptions()
     given = (("--data", request.data), ("--n-q", options.n_q), ("--audio-dir", options.audio_dir), ("--to", request.to))
-    audio_only = [name for name, value in given if value is not None] + (["--convert"] if request.convert else [])
+    audio_only = [name for name, value in (*given, ("--html", request.html)) if value is not None]
+    audio_only += ["--convert"] if request.convert else []
     if audio_only:
         raise VQAudioError(f"{', '.join(audio_only)}: audio options; an image model is scored on its own held-out images")
     prior = bottom_prior = None
