@@ -26,6 +26,7 @@ def write_clips(folder: Path, count: int = 2) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_eval_json_schema_and_summaries(trained, tmp_path):
     _, checkpoint = trained
     clips = write_clips(tmp_path / "clips")
@@ -88,6 +89,7 @@ def test_eval_defaults_to_the_models_held_out_split(trained, tmp_path):
     assert len(held_out) == 2 and sorted(row["clip"] for row in report["clips"] if row["system"] == MODEL_SYSTEM) == sorted(held_out)
 
 
+@pytest.mark.slow
 def test_eval_baselines_appear_when_installed(trained, tmp_path):
     if shutil.which("opusenc") is None or shutil.which("c2enc") is None:
         pytest.skip("opus-tools or codec2 not installed")
@@ -214,6 +216,7 @@ def test_tensorboard_missing_is_a_clear_error_before_training(tmp_path, monkeypa
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_eval_convert_decodes_every_clip_as_the_other_speakers(trained, tmp_path, capsys):
     if importlib.util.find_spec("resemblyzer") is None:
         pytest.skip("resemblyzer is not installed (pip install 'vqaudio[eval]')")
