@@ -202,13 +202,15 @@ const test = document.getElementById("test");
 TRIALS.forEach((trial, t) => {
   const div = document.createElement("div");
   div.className = "trial";
-  div.innerHTML = `<h3>${trial.clip}</h3><p>Reference: <audio controls preload="auto" src="${trial.reference}"></audio></p>`;
+  div.innerHTML = `<h3></h3><p>Reference: <audio controls preload="auto" src="${trial.reference}"></audio></p>`;
+  div.querySelector("h3").textContent = trial.clip;  // names come from file names: text, never markup
   trial.stimuli.forEach((s, i) => {
     const row = document.createElement("div");
     row.className = "stimulus";
     row.innerHTML = `<b>${s.letter}</b><audio controls preload="auto" src="${s.src}"></audio>` +
       `<input type="range" min="0" max="100" value="50" data-trial="${t}" data-index="${i}">` +
-      `<output>50</output><span class="key" hidden>${s.system}</span>`;
+      `<output>50</output><span class="key" hidden></span>`;
+    row.querySelector(".key").textContent = s.system;
     const slider = row.querySelector("input");
     slider.addEventListener("input", () => { row.querySelector("output").textContent = slider.value; });
     div.appendChild(row);
