@@ -12,10 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import invoke, run_main
+
 from vqaudio.errors import VQAudioError
-from vqaudio.evaluation.listening import ANCHOR, HIDDEN_REFERENCE, low_pass_anchor, read_results, summarise
+from vqaudio.evaluation.listening import (
+    ANCHOR,
+    HIDDEN_REFERENCE,
+    low_pass_anchor,
+    read_results,
+    summarise,
+)
 from vqaudio.evaluation.metrics import magnitude
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from vqaudio.errors import VQAudioError
 from vqaudio.evaluation import perceptual
 from vqaudio.evaluation.evaluate import DNSMOS, METRICS, choose_metrics
-from vqaudio.errors import VQAudioError
 
 
 def _needs(module: str) -> None:

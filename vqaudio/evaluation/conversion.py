@@ -10,7 +10,6 @@ reference, the plain reconstructions (decoded as their own speaker) are measured
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,16 +18,10 @@ import numpy as np
 from vqaudio.errors import VQAudioError
 from vqaudio.evaluation import perceptual
 from vqaudio.evaluation.clips import EvalClip
+from vqaudio.evaluation.evaluate import spread
 from vqaudio.inference.codec import decode_codes
 from vqaudio.inference.load import Codec
 from vqaudio.models.streaming import encode_audio
-
-
-def _spread(values: list[float | None]) -> dict[str, float | int | None]:
-    present = [v for v in values if v is not None and math.isfinite(v)]
-    if not present:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(np.mean(present)), "std": float(np.std(present)), "n": len(present)}
 
 
 def _centroid(embeddings: list[np.ndarray | None]) -> np.ndarray | None:
@@ -88,7 +81,7 @@ def evaluate_conversion(
 
     def summary(converted: bool) -> dict[str, Any]:
         mine = [r for r in rows if r["converted"] == converted]
-        return {key: _spread([r.get(key) for r in mine]) for key in keys}
+        return {key: spread([r.get(key) for r in mine]) for key in keys}
 
     return {
         "targets": list(wanted),

@@ -128,7 +128,7 @@ class EvalOptions:
     listen: dict[tuple[str, str], np.ndarray] | None = None  # when a dict: every decoded clip, by (clip, system)
 
 
-def _spread(values: list[float | None]) -> dict[str, float | int | None]:
+def spread(values: list[float | None]) -> dict[str, float | int | None]:
     present = [v for v in values if v is not None and math.isfinite(v)]
     if not present:
         return {"mean": None, "std": None, "n": 0}
@@ -285,7 +285,7 @@ def evaluate(
         systems.append({"name": ORIGINAL_SYSTEM, "bitrate": None, "stream_bitrate": None})
     for system in systems:
         mine = [r for r in rows if r["system"] == system["name"]]
-        system["summary"] = {m: _spread([r.get(m) for r in mine]) for m in [*METRICS, "lag_ms"]}
+        system["summary"] = {m: spread([r.get(m) for r in mine]) for m in [*METRICS, "lag_ms"]}
     if prior is not None and bottom_prior is not None:
         total_top = sum(t.size for t in all_top)
         total_codes = sum(c.size for c in all_codes)
