@@ -6,10 +6,14 @@
    several encoder widths, with the arithmetic per audio second.
 2. Peak memory (max RSS) of `vqaudio encode` on a 10-minute wav against a 1-minute wav.
 3. Peak memory of `vqaudio decode` (demo-size decoder) on 30 s against 120 s of codes.
+4. The conv decoder of recipes/demo_conv.yaml (random weights): decoding speed on 60 s of codes
+   in times real time on 2 threads, block by block as `vqaudio decode` runs it, and the peak
+   memory of `vqaudio decode` on 1 minute against 1 hour of codes.
 Equal peaks mean memory does not grow with the recording's length.
 
 Last line: {"encode_x_realtime": ..., "encode_peak_mb_1min": ..., "encode_peak_mb_10min": ...,
-"decode_peak_mb_30s": ..., "decode_peak_mb_120s": ...}
+"decode_peak_mb_30s": ..., "decode_peak_mb_120s": ..., "conv_decode_x_realtime": ...,
+"conv_decode_peak_mb_1min": ..., "conv_decode_peak_mb_60min": ...}
 
     .venv/bin/python scripts/bench_encode.py
 """
@@ -49,6 +53,22 @@ def encoder_speed(channels: int, seconds: int = 60) -> tuple[float, float]:
         encoder(audio)
         elapsed = time.perf_counter() - start
     return seconds / elapsed, macs / 1e6
+
+
+def conv_decoder_speed(recipe_path: Path, seconds: int = 60) -> float:
+    """Times real time of the conv decoder over `seconds` of codes, block by block, 2 threads."""
+    from vqaudio.generation.decode import iter_conv_decode
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = build_audio_vqvae(load_recipe(recipe_path).model, 4).eval()
+    codes = torch.randint(0, model.codebook_size, (1, 1, RATE * seconds // model.hop))
+    speaker = model.speaker_vector(torch.tensor([0]))
+    for _ in iter_conv_decode(model, codes[..., :256], speaker):  # warm up
+        pass
+    start = time.perf_counter()
+    samples = sum(block.shape[1] for block in iter_conv_decode(model, codes, speaker))
+    return samples / RATE / (time.perf_counter() - start)
 
 
 def write_checkpoint(recipe_path: Path, folder: Path, overrides: list[str]) -> Path:
@@ -106,6 +126,20 @@ def main() -> None:
             mb, seconds = peak_mb(["decode", str(codes), str(folder / "out.wav"), "-c", str(demo), "--force"])
             figures[f"decode_peak_mb_{seconds_of_audio}s"] = round(mb, 1)
             print(f"vqaudio decode, {seconds_of_audio:3d} s of codes (demo.yaml decoder): peak {mb:,.0f} MB, {seconds:.1f} s")
+        speed = conv_decoder_speed(ROOT / "recipes" / "demo_conv.yaml")
+        figures["conv_decode_x_realtime"] = round(speed, 1)
+        print(f"conv decoder (demo_conv.yaml), 2 threads: {speed:.0f}x real time")
+        conv = write_checkpoint(ROOT / "recipes" / "demo_conv.yaml", folder, [])
+        for minutes in (1, 60):
+            wav = folder / f"{minutes}min.wav"
+            with sf.SoundFile(wav, "w", RATE, 1, "PCM_16") as handle:
+                for _ in range(minutes * 6):
+                    handle.write(0.1 * rng.standard_normal(RATE * 10))
+            codes = folder / f"conv_{minutes}min.npy"
+            subprocess.run([sys.executable, "-m", "vqaudio", "encode", str(wav), str(codes), "-c", str(conv)], check=True, capture_output=True)
+            mb, seconds = peak_mb(["decode", str(codes), str(folder / "out.wav"), "-c", str(conv), "--force"])
+            figures[f"conv_decode_peak_mb_{minutes}min"] = round(mb, 1)
+            print(f"vqaudio decode, {minutes:2d} min of codes (demo_conv.yaml decoder): peak {mb:,.0f} MB, {seconds:.1f} s")
     print(json.dumps(figures))
 
 

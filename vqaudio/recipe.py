@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -61,6 +62,7 @@ class EncoderConfig(_Strict):
 
 
 class QuantizerConfig(_Strict):
+    kind: Literal["vq", "fsq"] = "vq"  # a learned codebook, or finite scalar quantisation (no codebook)
     codebook_size: int = Field(512, ge=2)
     dim: int = Field(64, ge=1)
     beta: float = Field(0.25, ge=0)
@@ -76,9 +78,23 @@ class QuantizerConfig(_Strict):
     cosine: bool = False  # L2-normalised codes and latents, cosine similarity
     n_q: int = Field(1, ge=1, le=32)  # residual VQ: codebooks on successive residuals
     dropout: bool = False  # residual VQ: each training example uses a random 1..n_q codebooks
+    levels: list[int] | None = None  # fsq: values per dimension, e.g. [8, 5, 5, 5] for 1000 codes
+    code_dim: int | None = Field(None, ge=1)  # vq: DAC's factorised codes, looked up L2-normalised in this many dimensions
 
     @model_validator(mode="after")
     def _compatible(self) -> QuantizerConfig:
+        if self.kind == "fsq":
+            if not self.levels or min(self.levels) < 2:
+                raise ValueError(f"quantizer.kind fsq needs quantizer.levels, at least 2 values per dimension (got {self.levels})")
+            size = math.prod(self.levels)
+            if "codebook_size" in self.model_fields_set and self.codebook_size != size:
+                raise ValueError(f"quantizer.codebook_size ({self.codebook_size}) must be the product of quantizer.levels {self.levels}: {size}")
+            if self.codebook_size != size:
+                self.codebook_size = size
+            if self.code_dim is not None:
+                raise ValueError("quantizer.code_dim is for kind vq (factorised codes); fsq has its own projection")
+        elif self.levels is not None:
+            raise ValueError("quantizer.levels is for quantizer.kind fsq")
         if self.cosine and self.n_q > 1:
             raise ValueError("quantizer.cosine works with one codebook only (n_q: 1): residuals are not unit vectors")
         if self.dropout and self.n_q == 1:
@@ -120,8 +136,35 @@ class _WaveNetShape(_Strict):
 
 
 class DecoderConfig(_WaveNetShape):
+    """`model.decoder`: a WaveNet (the paper's; the keys above and `cond_channels`,
+    `quantization_channels`) or a feed-forward conv decoder (`kind: conv`; the keys below, and
+    `speaker_dim`). The keys of the other kind are ignored."""
+
+    kind: Literal["wavenet", "conv"] = "wavenet"
     cond_channels: int = Field(64, ge=1)
     quantization_channels: int = Field(256, ge=2)
+    output: Literal["mulaw256", "mol"] = "mulaw256"  # wavenet: quantization_channels μ-law classes, or a mixture of logistics over 16-bit samples
+    mixtures: int = Field(10, ge=1)  # output mol: logistic components
+    pre_emphasis: float = Field(0.0, ge=0, lt=1)  # wavenet: model y[n] = x[n] - a x[n-1], de-emphasise after (LPCNet); 0: off
+    # conv
+    channels: int = Field(256, ge=2)  # at the code rate; halved by each upsampling
+    strides: list[int] | None = None  # upsampling factors, their product the hop (default: fours, then a two)
+    activation: Literal["snake", "elu"] = "snake"
+    upsample: Literal["subpixel", "transposed"] = "subpixel"
+    conv_kernel_size: int = Field(7, ge=1)  # of the residual units' dilated convolutions (odd)
+    min_channels: int = Field(8, ge=1)  # channels never fall below this
+
+    @model_validator(mode="after")
+    def _conv_shape(self) -> DecoderConfig:
+        if self.conv_kernel_size % 2 == 0:
+            raise ValueError("decoder.conv_kernel_size must be odd (the convolutions are centred)")
+        if self.strides is not None and (not self.strides or min(self.strides) < 2):
+            raise ValueError(f"decoder.strides must be upsampling factors of at least 2, not {self.strides}")
+        if self.kind == "conv" and self.pre_emphasis:
+            raise ValueError("model.decoder.pre_emphasis is for a WaveNet's μ-law samples (model.decoder.kind: wavenet)")
+        if self.kind == "conv" and self.upsample == "transposed" and self.strides and any(s % 2 for s in self.strides):
+            raise ValueError(f"decoder.upsample transposed needs even strides, not {self.strides}")
+        return self
 
 
 class WaveNetPriorConfig(_WaveNetShape):
@@ -188,6 +231,12 @@ class AudioModelConfig(_Strict):
     def _top_level(self) -> AudioModelConfig:
         if self.top is not None and self.quantizer.n_q > 1:
             raise ValueError("model.top works with one bottom codebook (model.quantizer.n_q: 1)")
+        strides = self.decoder.strides
+        if self.decoder.kind == "conv" and strides is not None and math.prod(strides) != self.hop:
+            raise ValueError(
+                f"model.decoder.strides {strides} multiply to {math.prod(strides)}, not the hop "
+                f"2**model.encoder.downsample_layers = {self.hop}"
+            )
         return self
 
     @property
@@ -219,6 +268,46 @@ class PriorModelConfig(_Strict):
 ModelConfig = AudioModelConfig | ImageModelConfig | PriorModelConfig
 
 
+class LossConfig(_Strict):
+    """`train.loss`: the conv decoder's loss weights (DAC's by default)."""
+
+    mel: float = Field(15.0, ge=0)  # multi-scale mel L1, summed over mel_windows
+    stft: float = Field(1.0, ge=0)  # multi-resolution STFT: spectral convergence + log magnitude
+    stft_ffts: list[int] = [512, 1024, 2048]  # its FFT sizes (window 0.6 x, hop 0.12 x the FFT size)
+    mel_windows: list[int] = [64, 128, 256, 512, 1024, 2048]
+    adversarial: float = Field(1.0, ge=0)  # from train.adversarial_start on
+    feature_matching: float = Field(2.0, ge=0)
+    adversarial_loss: Literal["lsgan", "hinge"] = "lsgan"
+
+    @model_validator(mode="after")
+    def _windows(self) -> LossConfig:
+        if not self.mel_windows or min(self.mel_windows) < 16:
+            raise ValueError(f"train.loss.mel_windows must be window lengths of at least 16 samples, not {self.mel_windows}")
+        if not self.stft_ffts or min(self.stft_ffts) < 16:
+            raise ValueError(f"train.loss.stft_ffts must be FFT sizes of at least 16 samples, not {self.stft_ffts}")
+        return self
+
+
+class DiscriminatorConfig(_Strict):
+    """`train.discriminator`: the discriminators of adversarial training, and both optimisers' betas."""
+
+    periods: list[int] = [2, 3, 5, 7, 11]  # multi-period (HiFi-GAN); [] for none
+    period_channels: int = Field(32, ge=1)  # first layer's; x4 per layer up to max_channels
+    max_channels: int = Field(1024, ge=1)
+    stft_windows: list[int] = [2048, 1024, 512]  # multi-scale complex STFT (EnCodec); [] for none
+    stft_channels: int = Field(32, ge=1)
+    lr: float | None = Field(None, gt=0)  # default: train.lr
+    betas: tuple[float, float] = (0.8, 0.99)  # Adam's, for the generator and the discriminators
+
+    @model_validator(mode="after")
+    def _some(self) -> DiscriminatorConfig:
+        if not self.periods and not self.stft_windows:
+            raise ValueError("train.discriminator needs periods or stft_windows (or leave out train.adversarial_start)")
+        if any(p < 1 for p in self.periods) or any(w < 16 for w in self.stft_windows):
+            raise ValueError("train.discriminator.periods must be positive and stft_windows at least 16 samples")
+        return self
+
+
 class TrainConfig(_Strict):
     steps: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -235,6 +324,10 @@ class TrainConfig(_Strict):
     accumulate_batches: int = Field(1, ge=1)  # batches whose gradients add up before each optimiser step
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA GPUs that have it
     compile: bool = False  # torch.compile the training step (worth it for long runs; slow to start)
+    # the conv decoder (model.decoder.kind: conv)
+    loss: LossConfig = LossConfig()
+    adversarial_start: int | None = Field(None, ge=0)  # the step from which discriminators train (None: spectral losses only)
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
 
 
 class Recipe(_Strict):
@@ -250,6 +343,13 @@ class Recipe(_Strict):
     @property
     def kind(self) -> str:
         return self.model.kind
+
+    @model_validator(mode="after")
+    def _adversarial_for_conv(self) -> Recipe:
+        decoder = getattr(self.model, "decoder", None)
+        if self.train.adversarial_start is not None and getattr(decoder, "kind", None) != "conv":
+            raise ValueError("train.adversarial_start applies to a conv decoder (model.decoder.kind: conv)")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe; a prior's has no data section (it uses its VQ-VAE's corpus), and
@@ -277,6 +377,21 @@ class AudioRecipe(Recipe):
                 f"data.crop_samples ({self.data.crop_samples}) must be a multiple of {self.model.top_hop}, the samples "
                 "per top code (hop x 2**model.top.downsample_layers)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _conv_training(self) -> AudioRecipe:
+        if self.model.decoder.kind == "conv":
+            crop, loss = self.data.crop_samples, self.train.loss
+            windows = {
+                "train.loss.mel_windows": loss.mel_windows,
+                "train.loss.stft_ffts": loss.stft_ffts,
+                "train.discriminator.stft_windows": self.train.discriminator.stft_windows if self.train.adversarial_start is not None else [],
+            }
+            for key, values in windows.items():
+                long = [w for w in values if w > crop]
+                if long:
+                    raise ValueError(f"{key} {long} are longer than data.crop_samples ({crop})")
         return self
 
     @property

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vqaudio.audio.io import write_wav
 from vqaudio.errors import VQAudioError
@@ -172,16 +171,18 @@ def _usage(codes: list[np.ndarray], codebook_size: int) -> dict[str, Any]:
     return {"codebook_size": codebook_size, **levels[0], "levels": levels}
 
 
-def decoder_nll_bits(codec: Codec, audio: np.ndarray, speaker: int, n_q: int | None = None) -> float:
+def decoder_nll_bits(codec: Codec, audio: np.ndarray, speaker: int, n_q: int | None = None) -> float | None:
     """-log2 p(x | codes) summed over the clip's μ-law samples, teacher-forced through the decoder:
     the reconstruction term of the VQ-VAE's loss, comparable between models of the same μ-law.
-    The model is not changed, whatever its mode."""
+    None for a conv decoder, which has no likelihood. The model is not changed, whatever its mode."""
+    if codec.model.waveform_decoder:
+        return None
     padded = np.zeros(codec.frames_for(audio.size) * codec.hop, dtype=np.float32)
     padded[: audio.size] = audio
     tensor = torch.from_numpy(padded)[None].to(codec.device)
     with evaluating(codec.model):
         out = codec.model(tensor, torch.tensor([speaker], device=codec.device), n_q)
-    nats = F.cross_entropy(out.logits.float()[..., : audio.size], out.targets[:, : audio.size], reduction="sum")
+    nats = codec.model.sample_nll(out)[:, : audio.size].sum()
     return float(nats) / math.log(2)
 
 
@@ -222,7 +223,7 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     all_codes: list[np.ndarray] = []
     all_top: list[np.ndarray] = []
-    nll_bits = 0.0
+    nll_bits: float | None = 0.0
     stream_bytes: dict[str, int] = {b.name: 0 for b in baselines}
     unknown_speakers = 0
     done = 0
@@ -240,8 +241,11 @@ def evaluate(
         decoded = decode_codes(codec, codes, speaker, clip.audio.size, options.temperature, options.seed, options.backend, top)
         rows.append(_measure(clip, decoded, MODEL_SYSTEM, sr, options))
         clip_nll = decoder_nll_bits(codec, clip.audio, speaker, n_q)
-        nll_bits += clip_nll
-        rows[-1]["nll_bits_per_sample"] = clip_nll / clip.audio.size
+        if clip_nll is not None:
+            nll_bits += clip_nll
+            rows[-1]["nll_bits_per_sample"] = clip_nll / clip.audio.size
+        else:
+            nll_bits = None
         if prior is not None:
             encoded = entropy_encode(prior, codes, speaker, clip.audio.size, top=top, bottom_prior=bottom_prior)
             coded_bytes += len(encoded.data)
@@ -277,7 +281,7 @@ def evaluate(
             "bitrate": codec.bitrate(n_q),
             "stream_bitrate": codec.bitrate(n_q),
             "top_bitrate": codec.top_bitrate(),
-            "nll_bits_per_sample": nll_bits / samples,
+            "nll_bits_per_sample": nll_bits / samples if nll_bits is not None else None,
         }
     ]
     systems += [{"name": b.name, "bitrate": b.bitrate, "stream_bitrate": 8 * stream_bytes[b.name] / seconds} for b in baselines]
@@ -305,7 +309,7 @@ def evaluate(
             prior_bitrate=estimated_bits / seconds,
             entropy_coded_bitrate=8 * coded_bytes / seconds,
         )
-    if "prior_bitrate" in systems[0]:  # -log2 p(x) bound: the decoder's bits plus the codes' bits under the prior(s)
+    if "prior_bitrate" in systems[0] and nll_bits is not None:  # -log2 p(x) bound: the decoder's bits plus the codes' bits under the prior(s)
         systems[0]["bits_per_sample_under_prior"] = systems[0]["nll_bits_per_sample"] + systems[0]["prior_bitrate"] / sr
     notes = list(baseline_notes)
     if unknown_speakers:

@@ -60,7 +60,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             f"{top['codes_used']:.0f} codes used, perplexity {top['perplexity']:.1f}, "
             f"entropy {top['entropy']:.2f} of {math.log2(top['codebook_size']):.0f} bits"
         )
-    console.print(f"decoder likelihood: {model['nll_bits_per_sample']:.3f} bits per sample (-log2 p(x | codes), teacher-forced)")
+    if model["nll_bits_per_sample"] is not None:
+        console.print(f"decoder likelihood: {model['nll_bits_per_sample']:.3f} bits per sample (-log2 p(x | codes), teacher-forced)")
     if "bits_per_sample_under_prior" in model:
         console.print(
             f"with the codes' bits under the prior(s): {model['bits_per_sample_under_prior']:.3f} bits per sample "

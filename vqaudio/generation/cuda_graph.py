@@ -9,9 +9,11 @@ then computed on the device too.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from vqaudio.generation.wavenet_step import RingSlots, StepWeights, step
+from vqaudio.generation.wavenet_step import RingSlots, StepWeights, choose, step
 from vqaudio.models.wavenet import WaveNet
 
 
@@ -19,8 +21,8 @@ def cuda_graph_problem(net: WaveNet) -> str | None:
     """None when the CUDA graph path can run for `net`, else why not."""
     if not torch.cuda.is_available():
         return "CUDA is not available"
-    if net.embed.weight.device.type != "cuda":
-        return f"the model is on {net.embed.weight.device}, not a CUDA device"
+    if net.device.type != "cuda":
+        return f"the model is on {net.device}, not a CUDA device"
     return None
 
 
@@ -31,14 +33,14 @@ class CudaGraphBackend:
 
     def __init__(self, net: WaveNet, batch: int, use_graph: bool = True) -> None:
         self.net = net
-        device = net.embed.weight.device
+        device = net.device
         self.weights = StepWeights.from_wavenet(net)
         self.slots = RingSlots(self.weights)
         self.history = self.weights.empty_history(batch)
         self.position = torch.zeros((), dtype=torch.long, device=device)
         self.prev = torch.zeros(batch, dtype=torch.long, device=device)
         self.bias = torch.zeros(batch, len(net.convs) * net.gate_channels, device=device)
-        self.noise = torch.zeros(batch, net.num_classes, device=device)
+        self.noise = torch.zeros(batch, net.noise_width, device=device)
         self.inv_temperature = torch.ones((), device=device)
         self.graph = None
         self.started = False
@@ -61,7 +63,7 @@ class CudaGraphBackend:
 
     def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
         logits = step(self.weights, self.slots, self.history, self.position, self.prev, self.bias)
-        chosen = (logits * self.inv_temperature + self.noise).argmax(-1)
+        chosen = choose(self.net, logits, self.noise, self.inv_temperature)
         self.prev.copy_(chosen)
         self.position.add_(1)
         return logits, chosen
@@ -71,10 +73,12 @@ class CudaGraphBackend:
             self.prev.copy_(prev)
             self.started = True
         self.inv_temperature.fill_(1.0 if greedy else inv_temperature)
-        if greedy:
+        if greedy:  # noise that makes the captured sampling greedy: no Gumbel, and the logistic's median
             self.noise.zero_()
+            if self.net.mixtures:
+                self.noise[:, -1] = -math.log(math.log(2.0))
         classes = torch.empty(prev.shape[0], n, dtype=torch.long, device=prev.device)
-        logits_out = torch.empty(prev.shape[0], n, self.net.num_classes, device=prev.device) if record else None
+        logits_out = torch.empty(prev.shape[0], n, self.net.out_channels, device=prev.device) if record else None
         for s in range(n):
             t = t0 + s
             self.bias.copy_(bias[:, t // hop - frame0])

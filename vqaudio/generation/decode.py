@@ -1,4 +1,6 @@
-"""Decoding codes with the audio VQ-VAE: its WaveNet sampled through the generation engine."""
+"""Decoding codes with the audio VQ-VAE: a WaveNet sampled through the generation engine, or a
+conv decoder run over blocks of frames with enough context on each side that the blocks join
+into exactly what one pass over the whole sequence gives."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from vqaudio.audio.mulaw import mulaw_decode
+from vqaudio.audio.emphasis import DeEmphasis
 from vqaudio.generation.engine import Backend, iter_generate
 from vqaudio.models.audio_vqvae import AudioVQVAE
 
@@ -24,10 +26,14 @@ def iter_decode(
     codes [B, 1, frames / ratio]) -> successive blocks of audio [B, samples] (float in [-1, 1],
     on the CPU).
 
-    Memory stays bounded whatever the length: conditioning is computed per block."""
+    Memory stays bounded whatever the length: conditioning is computed per block. A conv
+    decoder is deterministic: `temperature`, `generator` and `backend` do not apply."""
     model.check_top(top, codes.shape[-1])
     with torch.no_grad():
         speaker_vector = model.speaker_vector(speaker)
+    if model.waveform_decoder:
+        yield from iter_conv_decode(model, codes, speaker_vector, top)
+        return
     blocks = iter_generate(
         model.decoder,
         codes.shape[-1] * model.hop,
@@ -39,8 +45,23 @@ def iter_decode(
         generator=generator,
         backend=backend,
     )
+    emphasis = DeEmphasis(model.pre_emphasis)  # the identity without pre-emphasis
     for block in blocks:
-        yield mulaw_decode(block.classes, model.mu_channels)
+        yield emphasis(model.sample_values(block.classes)).clamp(-1, 1)
+
+
+CONV_BLOCK_FRAMES = 256  # frames per block of a conv decoder (~1 s at hop 64): memory stays flat
+
+
+def iter_conv_decode(
+    model: AudioVQVAE, codes: torch.Tensor, speaker_vector: torch.Tensor | None, top: torch.Tensor | None = None, block_frames: int = CONV_BLOCK_FRAMES
+) -> Iterator[torch.Tensor]:
+    """A conv decoder's audio [B, block_frames x hop] block by block, on the CPU."""
+    frames = codes.shape[-1]
+    with torch.inference_mode():
+        for first in range(0, frames, block_frames):
+            last = min(frames, first + block_frames)
+            yield model.decode_frames(codes, first, last, speaker_vector, top).float().clamp(-1, 1).cpu()
 
 
 @torch.inference_mode()

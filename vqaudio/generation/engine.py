@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from vqaudio.generation import fast_cpu
-from vqaudio.generation.wavenet_step import Stepper, StepWeights
+from vqaudio.generation.wavenet_step import Stepper, StepWeights, choose
 from vqaudio.models.wavenet import WaveNet
 
 Backend = Literal["auto", "plain", "fast", "cuda-graph"]
@@ -50,14 +50,11 @@ class _PlainBackend:
 
     def run(self, t0, n, prev, bias, frame0, hop, noise, inv_temperature, greedy, record):
         classes = torch.empty(prev.shape[0], n, dtype=torch.long, device=prev.device)
-        logits_out = torch.empty(prev.shape[0], n, self.net.num_classes, device=prev.device) if record else None
+        logits_out = torch.empty(prev.shape[0], n, self.net.out_channels, device=prev.device) if record else None
         for s in range(n):
             t = t0 + s
             logits = self.stepper(prev, bias[:, t // hop - frame0])
-            if greedy:
-                prev = logits.argmax(-1)
-            else:
-                prev = (logits * inv_temperature + noise[s]).argmax(-1)
+            prev = choose(self.net, logits, None if greedy else noise[s], inv_temperature)
             classes[:, s] = prev
             if record:
                 logits_out[:, s] = logits
@@ -75,6 +72,7 @@ class _FastCpuBackend:
         self.arrays = weights.numpy()
         self.history = np.zeros((batch, sum(weights.spans), weights.residual), dtype=np.float32)
         self.classes = weights.classes
+        self.mixtures = net.mixtures
         self.threads = max(1, min(batch, torch.get_num_threads(), fast_cpu.numba.config.NUMBA_NUM_THREADS))
 
     def run(self, t0, n, prev, bias, frame0, hop, noise, inv_temperature, greedy, record):
@@ -89,13 +87,13 @@ class _FastCpuBackend:
             t0, n, prev_np,
             w["embed"], w["conv_w"], w["out_w"], w["out_b"], w["head_w1"], w["head_b1"], w["head_w2"], w["head_b2"],
             bias.numpy(), frame0, hop, w["dilations"], w["offsets"], w["spans"], self.kernel_size, self.history,
-            noise_np, np.float32(inv_temperature), greedy, out, logits, record, self.threads,
+            noise_np, np.float32(inv_temperature), greedy, out, logits, record, self.threads, self.mixtures,
         )  # fmt: skip
         return torch.from_numpy(out), (torch.from_numpy(logits) if record else None), torch.from_numpy(prev_np)
 
 
 def _choose_backend(net: WaveNet, batch: int, backend: Backend):
-    device = net.embed.weight.device
+    device = net.device
     wanted = backend
     if backend == "auto":
         wanted = "cuda-graph" if device.type == "cuda" else "fast"
@@ -137,7 +135,7 @@ def iter_generate(
     `cond` is local conditioning [B, C, frames] or a function giving frames [f0, f1) on demand
     (bounded memory for long outputs). Temperature 0 picks the most likely class at every step.
     """
-    device = net.embed.weight.device
+    device = net.device
     runner = _choose_backend(net, batch, backend)
     hop = net.hop if cond is not None else _NO_HOP
     cond_fn = (lambda f0, f1: cond[:, :, f0:f1]) if isinstance(cond, torch.Tensor) else cond
@@ -156,7 +154,7 @@ def iter_generate(
             bias = net.frame_bias(None, global_cond, batch)
         noise = None
         if not greedy:
-            uniform = torch.rand(n, batch, net.num_classes, generator=generator, device=device)
+            uniform = torch.rand(n, batch, net.noise_width, generator=generator, device=device)
             noise = -torch.log(-torch.log(uniform.clamp_(1e-12, 1.0 - 1e-7)))
         if runner.name == "fast":
             bias, noise = bias.float().cpu(), (noise.float().cpu() if noise is not None else None)

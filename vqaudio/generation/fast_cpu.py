@@ -83,12 +83,40 @@ if numba is not None:
                 for c in range(n_out):
                     oj[c] += xi * wi[c]
 
+    @njit(cache=True)
+    def _sample_mixture(logits, noise, step, b_lo, nb, mixtures, inv_temperature, greedy, out, prev):
+        """One 16-bit sample class per sequence from its mixture of logistics (no fastmath: the
+        draw must round to the class the PyTorch path's float64 arithmetic rounds to)."""
+        levels = 65536
+        inv_t = np.float64(inv_temperature)
+        for j in range(nb):
+            b = b_lo + j
+            best = 0
+            best_value = -np.inf
+            for c in range(mixtures):
+                v = np.float64(logits[j, c])
+                if not greedy:
+                    v = v * inv_t + np.float64(noise[step, b, c])
+                if v > best_value:
+                    best_value = v
+                    best = c
+            x = np.float64(logits[j, mixtures + best])
+            if not greedy:
+                log_scale = max(np.float64(logits[j, 2 * mixtures + best]), -7.0)
+                u = np.exp(-np.exp(-np.float64(noise[step, b, mixtures])))
+                u = min(max(u, 1e-5), 1.0 - 1e-5)
+                x = x + np.exp(log_scale) / inv_t * (np.log(u) - np.log1p(-u))
+            x = min(max(x, -1.0), 1.0)
+            chosen = np.int64(np.rint((x + 1.0) * ((levels - 1) / 2.0)))
+            out[b, step] = chosen
+            prev[b] = chosen
+
     @njit(fastmath=True, cache=True, parallel=True)
     def generate_block(
         t0, n_steps, prev,
         embed, conv_w, out_w, out_b, head_w1, head_b1, head_w2, head_b2,
         frame_bias, frame0, hop, dilations, offsets, spans, kernel_size, history,
-        noise, inv_temperature, greedy, out, logits_out, record, n_chunks,
+        noise, inv_temperature, greedy, out, logits_out, record, n_chunks, mixtures,
     ):  # fmt: skip
         """Generate `n_steps` positions starting at absolute position `t0` for every sequence.
 
@@ -97,6 +125,8 @@ if numba is not None:
         history [B, total_span, R]: per-layer ring buffers, `offsets[l]` where layer l starts.
         noise [n_steps, B, K]: Gumbel noise (unused when greedy).
         out [B, n_steps] int64; logits_out [B, n_steps, K] when record.
+        mixtures > 0: the K = 3 x mixtures outputs are a mixture of logistics over 16-bit samples,
+        sampled as `vqaudio.models.mixture.sample` does (in float64), with noise [n_steps, B, mixtures + 1].
         """
         batch = prev.shape[0]
         n_layers = conv_w.shape[0]
@@ -161,6 +191,12 @@ if numba is not None:
                         y[j, c] = max(y[j, c], np.float32(0.0))
                     logits[j, :] = head_b2
                 _accumulate(y, head_w2, logits, nb)
+                if mixtures > 0:
+                    _sample_mixture(logits, noise, step, b_lo, nb, mixtures, inv_temperature, greedy, out, prev)
+                    if record:
+                        for j in range(nb):
+                            logits_out[b_lo + j, step, :] = logits[j]
+                    continue
                 for j in range(nb):
                     b = b_lo + j
                     best = 0

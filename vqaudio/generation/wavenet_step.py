@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vqaudio.models import mixture
 from vqaudio.models.wavenet import HALF_SQRT, WaveNet
 
 
@@ -178,3 +179,13 @@ class Stepper:
         logits = step(self.weights, self.slots, self.history, self.position, inputs, bias)
         self.position += 1
         return logits
+
+
+def choose(net: WaveNet, logits: torch.Tensor, noise: torch.Tensor | None, inv_temperature: float | torch.Tensor) -> torch.Tensor:
+    """Each row's next class from its logits [B, out_channels] and Gumbel noise [B, noise_width]
+    (None: greedy): Gumbel-max over categories, or a draw from the mixture of logistics."""
+    if net.mixtures:
+        return mixture.sample(logits, noise if noise is not None else logits.new_zeros(()), inv_temperature, greedy=noise is None)
+    if noise is None:
+        return logits.argmax(-1)
+    return (logits * inv_temperature + noise).argmax(-1)

@@ -16,14 +16,26 @@ from vqaudio.formats.metadata import (
     CodePriorMetadata,
     ImagePriorMetadata,
 )
+from vqaudio.models import mixture
+from vqaudio.models.adversarial import Critic
 from vqaudio.models.audio_vqvae import AudioVQVAE
 from vqaudio.models.code_prior import CodePrior
+from vqaudio.models.conv_decoder import ConvDecoder, default_strides
+from vqaudio.models.discriminators import (
+    Discriminators,
+    MultiPeriodDiscriminator,
+    MultiScaleSTFTDiscriminator,
+)
 from vqaudio.models.encoder import AudioEncoder
+from vqaudio.models.factorized import FactorizedQuantizer
+from vqaudio.models.fsq import FiniteScalarQuantizer
 from vqaudio.models.image_vae import ImageVAE
 from vqaudio.models.image_vqvae import ImageVQVAE
 from vqaudio.models.image_vqvae2 import ImageVQVAE2
 from vqaudio.models.pixelcnn import GatedPixelCNN, PixelCNNPrior
+from vqaudio.models.quantizer import VectorQuantizer
 from vqaudio.models.residual_quantizer import ResidualVectorQuantizer
+from vqaudio.models.spectral_loss import SpectralLoss
 from vqaudio.models.top_level import TopLevel
 from vqaudio.models.wavenet import WaveNet
 from vqaudio.recipe import (
@@ -35,6 +47,7 @@ from vqaudio.recipe import (
     ImageRecipe,
     PixelCNNPriorConfig,
     QuantizerConfig,
+    TrainConfig,
     WaveNetPriorConfig,
 )
 
@@ -47,27 +60,48 @@ def _quantizer_options(vq: QuantizerConfig) -> dict:
     )  # fmt: skip
 
 
-def build_quantizer(vq: QuantizerConfig, codebook_size: int, dim: int) -> ResidualVectorQuantizer:
-    """`vq.n_q` codebooks of `codebook_size` codes of dimension `dim` on successive residuals."""
+def build_quantizer(vq: QuantizerConfig, codebook_size: int, dim: int, plain: bool = False) -> ResidualVectorQuantizer:
+    """`vq.n_q` quantisers of `codebook_size` codes for latents of dimension `dim` on successive
+    residuals: codebooks (`kind: vq`, factorised with `code_dim`) or FSQ grids (`kind: fsq`).
+    `plain`: a codebook whatever the kind (a two-level model's top level)."""
+    if vq.kind == "fsq" and not plain:
+        assert vq.levels is not None
+        levels = vq.levels
+        return ResidualVectorQuantizer(n_q=vq.n_q, dropout=vq.dropout, make_level=lambda: FiniteScalarQuantizer(levels, dim))
+    if vq.code_dim is not None and not plain:
+        options = {**_quantizer_options(vq), "cosine": True}
+        code_dim = vq.code_dim
+
+        def factorised() -> FactorizedQuantizer:
+            return FactorizedQuantizer(VectorQuantizer(codebook_size=codebook_size, dim=code_dim, **options), dim)
+
+        return ResidualVectorQuantizer(n_q=vq.n_q, dropout=vq.dropout, make_level=factorised)
     return ResidualVectorQuantizer(n_q=vq.n_q, dropout=vq.dropout, codebook_size=codebook_size, dim=dim, **_quantizer_options(vq))
 
 
-def build_audio_vqvae(config: AudioModelConfig, num_speakers: int) -> AudioVQVAE:
-    """The audio VQ-VAE of `model.kind: audio_vqvae` (two levels with `model.top`)."""
+def build_audio_vqvae(config: AudioModelConfig, num_speakers: int, spectral_loss: SpectralLoss | None = None) -> AudioVQVAE:
+    """The audio VQ-VAE of `model.kind: audio_vqvae` (two levels with `model.top`); a conv
+    decoder trains on `spectral_loss` (see `build_spectral_loss`)."""
     enc, vq, dec, top = config.encoder, config.quantizer, config.decoder, config.top
     # Modules are made in this order so that a seed gives the weights it always gave.
     encoder = AudioEncoder(enc.channels, vq.dim, enc.downsample_layers, enc.kernel_size, enc.residual_layers)
     quantizer = build_quantizer(vq, vq.codebook_size, vq.dim)
     top_level = None
     if top is not None:
-        top_quantizer = build_quantizer(vq, top.codebook_size, top.dim)
+        top_quantizer = build_quantizer(vq.model_copy(update={"n_q": 1, "dropout": False}), top.codebook_size, top.dim, plain=True)
         top_level = TopLevel(vq.dim, top_quantizer, top.downsample_layers, top.channels, top.residual_layers)
     speaker_embedding = nn.Embedding(num_speakers, dec.speaker_dim) if dec.speaker_dim else None
-    # A kernel-3 convolution at the latent rate lets each frame see its neighbours before upsampling.
     cond_in = vq.dim * (2 if top_level is not None else 1)
+    if dec.kind == "conv":
+        conv = ConvDecoder(
+            cond_in, dec.channels, dec.strides or default_strides(encoder.hop), dec.speaker_dim,
+            dec.conv_kernel_size, dec.activation, dec.upsample, dec.min_channels,
+        )  # fmt: skip
+        return AudioVQVAE(encoder, quantizer, top_level, speaker_embedding, nn.Identity(), conv, spectral_loss)
+    # A kernel-3 convolution at the latent rate lets each frame see its neighbours before upsampling.
     cond_net = nn.Sequential(nn.Conv1d(cond_in, dec.cond_channels, 3, padding=1), nn.ReLU())
     decoder = WaveNet(
-        num_classes=dec.quantization_channels,
+        num_classes=mixture.LEVELS if dec.output == "mol" else dec.quantization_channels,
         residual_channels=dec.residual_channels,
         gate_channels=dec.gate_channels,
         skip_channels=dec.skip_channels,
@@ -77,8 +111,26 @@ def build_audio_vqvae(config: AudioModelConfig, num_speakers: int) -> AudioVQVAE
         cond_channels=dec.cond_channels,
         global_channels=dec.speaker_dim,
         hop=encoder.hop,
+        mixtures=dec.mixtures if dec.output == "mol" else 0,
     )
-    return AudioVQVAE(encoder, quantizer, top_level, speaker_embedding, cond_net, decoder)
+    return AudioVQVAE(encoder, quantizer, top_level, speaker_embedding, cond_net, decoder, pre_emphasis=dec.pre_emphasis)
+
+
+def build_spectral_loss(config: TrainConfig, sample_rate: int) -> SpectralLoss:
+    """The conv decoder's reconstruction loss, weighted as `train.loss` says."""
+    loss = config.loss
+    return SpectralLoss(sample_rate, loss.mel, loss.stft, loss.mel_windows, loss.stft_ffts)
+
+
+def build_critic(config: TrainConfig) -> Critic:
+    """The discriminators of `train.discriminator` with the adversarial losses of `train.loss`."""
+    disc, loss = config.discriminator, config.loss
+    parts: list[nn.Module] = []
+    if disc.periods:
+        parts.append(MultiPeriodDiscriminator(disc.periods, disc.period_channels, disc.max_channels))
+    if disc.stft_windows:
+        parts.append(MultiScaleSTFTDiscriminator(disc.stft_windows, disc.stft_channels))
+    return Critic(Discriminators(parts), loss.adversarial_loss, loss.adversarial, loss.feature_matching)
 
 
 def build_code_prior(

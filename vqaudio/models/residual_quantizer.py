@@ -2,11 +2,13 @@
 residuals, with quantiser dropout so that one model decodes from its first 1..n_q codebooks.
 
 Codes are [B, n_q, *positions]; bitrate = n_q x log2 K x latent rate. With n_q = 1 this is the
-plain VQ-VAE quantiser.
+plain VQ-VAE quantiser. Each level is a `VectorQuantizer` by default, or whatever `make_level`
+makes with the same interface (finite scalar quantisation, factorised codes).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,12 +18,16 @@ from vqaudio.models.quantizer import QuantizerOutput, VectorQuantizer
 
 
 class ResidualVectorQuantizer(nn.Module):
-    def __init__(self, n_q: int = 1, dropout: bool = False, **quantizer: Any) -> None:
+    def __init__(self, n_q: int = 1, dropout: bool = False, make_level: Callable[[], nn.Module] | None = None, **quantizer: Any) -> None:
         super().__init__()
         if n_q < 1:
             raise ValueError("n_q must be at least 1")
-        self.levels = nn.ModuleList(VectorQuantizer(**quantizer) for _ in range(n_q))
+        self.levels = nn.ModuleList((make_level() if make_level else VectorQuantizer(**quantizer)) for _ in range(n_q))
         self.dropout = dropout
+        # A codebook's output is the chosen vector, straight-through: the levels' vectors are summed
+        # and one straight-through gradient passes the sum. Levels whose output carries gradients
+        # of its own (projections to learn) are summed as they are.
+        self.straight_through_sum = getattr(self.levels[0], "straight_through_sum", True)
 
     @property
     def n_q(self) -> int:
@@ -60,12 +66,12 @@ class ResidualVectorQuantizer(nn.Module):
             out = level(residual, mask)
             vectors = out.quantized.detach()  # the chosen codes (forward value of the straight-through)
             keep = 1.0 if mask is None else mask.float().view(-1, *([1] * (z.dim() - 1)))
-            total = total + vectors * keep
+            total = total + (vectors if self.straight_through_sum else out.quantized) * keep
             residual = residual - vectors
             codes.append(out.codes)
             counts.append(out.counts)
             outputs.append(out)
-        quantized = z.float() + (total - z.float()).detach()  # one straight-through for the sum
+        quantized = z.float() + (total - z.float()).detach() if self.straight_through_sum else total
         first = outputs[0]
         return QuantizerOutput(
             quantized=quantized,

@@ -17,6 +17,26 @@ from torch import nn
 HALF_SQRT = math.sqrt(0.5)  # keeps the residual stream's variance from growing layer by layer
 
 
+class ScalarEmbedding(nn.Module):
+    """The input layer for sample values rather than categories: class c stands for the value
+    v = 2c / (n - 1) - 1 and enters as v * scale + bias (a 1x1 convolution of the waveform).
+    `weight` tabulates it for every class, the layout the cached step reads."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.scale = nn.Parameter(torch.randn(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, classes: torch.Tensor) -> torch.Tensor:
+        values = classes.to(self.scale.dtype) * (2.0 / (self.num_classes - 1)) - 1.0
+        return values.unsqueeze(-1) * self.scale + self.bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self(torch.arange(self.num_classes, device=self.scale.device))
+
+
 class WaveNet(nn.Module):
     """Classes [B, T] -> logits [B, num_classes, T], where output t depends on inputs 0..t only.
 
@@ -39,13 +59,21 @@ class WaveNet(nn.Module):
         cond_channels: int = 0,
         global_channels: int = 0,
         hop: int = 1,
+        mixtures: int = 0,
     ) -> None:
+        """`mixtures` > 0: the output is a discretised mixture of that many logistics over
+        `num_classes` evenly spaced sample values (3 x mixtures channels), and the input is the
+        previous sample's value; 0: `num_classes` logits over categories."""
         super().__init__()
         if gate_channels % 2:
             raise ValueError("gate_channels must be even")
         if layers % stacks:
             raise ValueError("layers must be a multiple of stacks")
         self.num_classes = num_classes
+        self.mixtures = mixtures
+        self.out_channels = 3 * mixtures if mixtures else num_classes
+        # Gumbel variables per sampled position: one per class, or one per component plus the logistic's own
+        self.noise_width = mixtures + 1 if mixtures else num_classes
         self.residual_channels = residual_channels
         self.gate_channels = gate_channels
         self.skip_channels = skip_channels
@@ -55,7 +83,7 @@ class WaveNet(nn.Module):
         self.global_channels = global_channels
         per_stack = layers // stacks
         self.dilations = [2 ** (i % per_stack) for i in range(layers)]
-        self.embed = nn.Embedding(num_classes, residual_channels)
+        self.embed: nn.Module = ScalarEmbedding(num_classes, residual_channels) if mixtures else nn.Embedding(num_classes, residual_channels)
         self.convs = nn.ModuleList(
             nn.Conv1d(residual_channels, gate_channels, kernel_size, dilation=d) for d in self.dilations
         )
@@ -65,8 +93,12 @@ class WaveNet(nn.Module):
         self.cond_proj = nn.Conv1d(cond_channels, layers * gate_channels, 1, bias=False) if cond_channels else None
         self.global_proj = nn.Linear(global_channels, layers * gate_channels, bias=False) if global_channels else None
         self.head = nn.Sequential(
-            nn.ReLU(), nn.Conv1d(skip_channels, skip_channels, 1), nn.ReLU(), nn.Conv1d(skip_channels, num_classes, 1)
+            nn.ReLU(), nn.Conv1d(skip_channels, skip_channels, 1), nn.ReLU(), nn.Conv1d(skip_channels, self.out_channels, 1)
         )
+
+    @property
+    def device(self) -> torch.device:
+        return self.head[1].weight.device
 
     @property
     def receptive_field(self) -> int:

@@ -6,13 +6,15 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from torch import nn
 
 from vqaudio.data.corpus import AudioCorpus, ProgressFn, heldout_split, prepare_corpus
 from vqaudio.errors import VQAudioError
 from vqaudio.formats.metadata import AudioVQVAEMetadata
-from vqaudio.models.build import build_audio_vqvae
-from vqaudio.recipe import Recipe
-from vqaudio.train.setup import Batch, Shard, TrainSetup
+from vqaudio.models.build import build_audio_vqvae, build_critic, build_spectral_loss
+from vqaudio.recipe import Recipe, TrainConfig
+from vqaudio.train.adversarial import AdversarialStep
+from vqaudio.train.setup import Batch, Optimization, Shard, TrainSetup
 
 KIND = "audio_vqvae"
 
@@ -47,7 +49,10 @@ def build_audio_vqvae_task(recipe: Recipe, on_progress: ProgressFn | None = None
             yield crop_batch(corpus, items, starts, crop)
 
     torch.manual_seed(recipe.seed)
-    model = build_audio_vqvae(recipe.model, num_speakers=len(corpus.speakers))
+    conv = recipe.model.decoder.kind == "conv"
+    spectral_loss = build_spectral_loss(recipe.train, recipe.data.sample_rate) if conv else None
+    model = build_audio_vqvae(recipe.model, num_speakers=len(corpus.speakers), spectral_loss=spectral_loss)
+    critic = build_critic(recipe.train) if conv and recipe.train.adversarial_start is not None else None
     metadata = AudioVQVAEMetadata(
         speakers=corpus.speakers,
         speaker_info=corpus.speaker_info,
@@ -60,4 +65,10 @@ def build_audio_vqvae_task(recipe: Recipe, on_progress: ProgressFn | None = None
         train_utterances=len(train_items),
         valid_ids=[corpus.ids[i] for i in valid_items],
     )
-    return TrainSetup(KIND, model, train_batch, valid_batches, metadata)
+    if critic is None:
+        return TrainSetup(KIND, model, train_batch, valid_batches, metadata)
+
+    def adversarial(model: nn.Module, config: TrainConfig) -> Optimization:
+        return AdversarialStep(model, critic, config)
+
+    return TrainSetup(KIND, model, train_batch, valid_batches, metadata, adversarial, critic)

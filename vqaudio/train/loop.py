@@ -63,14 +63,17 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 
 class _StepModule(nn.Module):
     """`forward` runs the model's training step: DDP synchronises gradients only for work done
-    through `forward`, and torch.compile compiles `forward`."""
+    through `forward` (the critic's too), and torch.compile compiles `forward`."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, critic: nn.Module | None) -> None:
         super().__init__()
         self.model = model
+        self.critic = critic
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.model.training_step(batch)
+        if self.critic is None:
+            return self.model.training_step(batch)
+        return self.model.training_step(batch, self.critic)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -164,12 +167,13 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress and job.is_main
         self.model = setup.model.to(device)
+        self.critic = setup.critic.to(device) if setup.critic is not None else None
         self.optimization = setup.optimization(self.model, self.config)
         self.step = 0
         self.last_valid: dict[str, float] = {}
         self.autocast_dtype = autocast_dtype(self.config.precision, device)
         self.metrics_log: MetricsLog | _NullLog = MetricsLog(run_dir, self.config.tensorboard) if job.is_main else _NullLog()
-        self.step_module: nn.Module = _StepModule(self.model)
+        self.step_module: nn.Module = _StepModule(self.model, self.critic)
         if job.enabled:
             self.step_module = dist_utils.data_parallel(self.step_module, device, self._has_unused_parameters())
             if job.rank:  # rank 0 keeps the recipe's stream; the others draw their own noise
@@ -178,6 +182,8 @@ class Trainer:
         self._deferring = _accumulating_modules(self.model)
 
     def _has_unused_parameters(self) -> bool:
+        if self.critic is not None:
+            return True  # the discriminators sit idle until train.adversarial_start
         shard = Shard(self.config.batch_size * self.job.world_size, 0, self.config.batch_size)
 
         def probe_step(probe: nn.Module) -> torch.Tensor:
@@ -260,7 +266,7 @@ class Trainer:
 
     @staticmethod
     def _summary(values: dict[str, float]) -> str:
-        order = ["loss", "nll", "commitment", "perplexity", "codes_used"]
+        order = ["loss", "nll", "mel", "discriminator", "commitment", "perplexity", "codes_used"]
         parts = [f"{k} {values[k]:.3g}" for k in order if k in values]
         return "  ".join(parts)
 

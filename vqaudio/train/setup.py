@@ -147,3 +147,7 @@ class TrainSetup:
     valid_batches: Callable[[], Iterable[Batch]]
     metadata: BaseModel  # the typed record saved in every checkpoint (vqaudio.formats.metadata)
     optimization: Callable[[nn.Module, TrainConfig], Optimization] = AdamStep
+    # Modules trained beside the model but not part of it (a conv decoder's discriminators): the
+    # loop places them on the device and passes them to `model.training_step(batch, critic)`;
+    # the `optimization` saves their weights. None for most models.
+    critic: nn.Module | None = None
