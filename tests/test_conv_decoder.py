@@ -267,7 +267,7 @@ def test_every_command_works_with_the_conv_decoder(trained_conv, tmp_path):
     assert np.array_equal(sf.read(tmp_path / "again.wav")[0], out)  # deterministic: no sampling
     invoke("convert", str(wav), str(tmp_path / "conv.wav"), "--speaker", "1", "-c", c)
     assert not np.array_equal(sf.read(tmp_path / "conv.wav")[0], out)
-    assert "conv" in invoke("info", c).output
+    assert "decoder: conv, 16 channels, upsampling 2 x 4, snake" in invoke("info", c).output
     invoke("eval", "-c", c, "--max-clips", "2", "--metrics", "si_snr,log_mel_distance", "--no-baselines", "--json", str(tmp_path / "e.json"))
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["systems"][0]["nll_bits_per_sample"] is None

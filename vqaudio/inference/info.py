@@ -19,6 +19,8 @@ from vqaudio.formats.metadata import (
     ImagePriorMetadata,
 )
 from vqaudio.inference.load import resolve_checkpoint
+from vqaudio.models.conv_decoder import default_strides
+from vqaudio.recipe import AudioModelConfig, AudioRecipe
 
 
 def checkpoint_summary(path: Path) -> dict[str, Any]:
@@ -48,6 +50,8 @@ def checkpoint_summary(path: Path) -> dict[str, Any]:
             bitrates=[bitrate(meta.sample_rate, meta.hop, meta.codebook_size, n) for n in range(1, meta.n_q + 1)],
             level=getattr(meta, "level", None),
         )
+        if isinstance(checkpoint.recipe, AudioRecipe):
+            summary.update(decoder=describe_decoder(checkpoint.recipe.model), quantizer=describe_quantizer(checkpoint.recipe.model))
         if isinstance(meta, AudioVQVAEMetadata) and meta.top_codebook_size:  # two levels: the top adds its own bits
             total = bitrate(meta.sample_rate, meta.hop, meta.codebook_size, meta.n_q, meta.ratio, meta.top_codebook_size)
             summary.update(ratio=meta.ratio, top_codebook_size=meta.top_codebook_size, top_bitrate=total - summary["bitrate"], bitrate=total)
@@ -56,6 +60,23 @@ def checkpoint_summary(path: Path) -> dict[str, Any]:
             codes_per_second = meta.n_q * meta.sample_rate / meta.hop
             summary.update(vqvae_checkpoint=meta.vqvae_checkpoint, bits_per_code=bits, prior_bitrate=codes_per_second * bits)
     return summary
+
+
+def describe_decoder(model: AudioModelConfig) -> str:
+    dec = model.decoder
+    if dec.kind == "conv":
+        strides = dec.strides or default_strides(model.hop)
+        return f"conv, {dec.channels} channels, upsampling {' x '.join(map(str, strides))}, {dec.activation}"
+    output = f"mixture of {dec.mixtures} logistics over 16-bit samples" if dec.output == "mol" else f"{dec.quantization_channels} μ-law classes"
+    emphasis = f", pre-emphasis {dec.pre_emphasis}" if dec.pre_emphasis else ""
+    return f"WaveNet, {dec.layers} layers, {output}{emphasis}"
+
+
+def describe_quantizer(model: AudioModelConfig) -> str:
+    q = model.quantizer
+    if q.kind == "fsq":
+        return f"finite scalar quantisation, levels {q.levels}"
+    return f"codebook, factorised codes in {q.code_dim} dimensions" if q.code_dim else "codebook"
 
 
 def describe_checkpoint(path: Path, console: Console) -> None:
@@ -67,6 +88,8 @@ def describe_checkpoint(path: Path, console: Console) -> None:
             f"({s['sample_rate'] / s['hop']:.1f} codes/s), K = {s['codebook_size']}, "
             f"bitrate {s['bitrate']:.0f} bit/s"
         )
+        if "decoder" in s:
+            console.print(f"decoder: {s['decoder']}; quantiser: {s['quantizer']}", soft_wrap=True)
         if "top_bitrate" in s:
             top_hop = s["hop"] * s["ratio"]
             console.print(

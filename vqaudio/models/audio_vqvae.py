@@ -205,7 +205,11 @@ class AudioVQVAE(nn.Module):
                 critic_loss, terms = critic.losses(batch["audio"], out.audio)
                 extra.update(terms)
         else:
-            reconstruction = self.sample_nll(out).mean()
+            assert out.logits is not None and out.targets is not None
+            if self.decoder.mixtures:
+                reconstruction = -mixture.log_prob(out.logits.float(), out.targets).mean()
+            else:
+                reconstruction = F.cross_entropy(out.logits.float(), out.targets)
             extra = {"nll": reconstruction.detach()}
         loss = reconstruction + q.loss
         metrics: dict[str, torch.Tensor] = {
