@@ -138,19 +138,23 @@ def invoke(*args: str):
     return result
 
 
+def train_in(work: Path, recipe: dict[str, Any], *overrides: str) -> Path:
+    """Train `recipe` through the CLI with `work` as the working folder; returns the newest checkpoint."""
+    (work / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        invoke("train", "tiny.yaml", *overrides, "--quiet", "--device", "cpu")
+    finally:
+        os.chdir(old)
+    return sorted((work / "runs" / recipe["name"]).glob("*/checkpoints/step_*.pt"))[-1]
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny 8 kHz model trained through the CLI in its own working folder: (folder, checkpoint)."""
     work = tmp_path_factory.mktemp("cli")
-    (work / "tiny.yaml").write_text(yaml.safe_dump(tiny_dict(data={"sample_rate": 8000})))
-    old = os.getcwd()
-    os.chdir(work)
-    try:
-        invoke("train", "tiny.yaml", "train.steps=3", "--quiet", "--device", "cpu")
-    finally:
-        os.chdir(old)
-    checkpoint = sorted((work / "runs" / "tiny").glob("*/checkpoints/step_*.pt"))[-1]
-    return work, checkpoint
+    return work, train_in(work, tiny_dict(data={"sample_rate": 8000}), "train.steps=3")
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
-from conftest import invoke, tiny_dict
+from conftest import invoke, tiny_dict, train_in
 
 from vqaudio.errors import VQAudioError
 from vqaudio.formats.checkpoint import load_checkpoint
@@ -241,14 +239,7 @@ def test_recipe_errors_name_the_key():
 @pytest.fixture(scope="module")
 def trained_conv(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("conv")
-    (work / "conv.yaml").write_text(yaml.safe_dump(conv_dict(adversarial_start=2)))
-    old = os.getcwd()
-    os.chdir(work)
-    try:
-        invoke("train", "conv.yaml", "train.steps=3", "--quiet", "--device", "cpu")
-    finally:
-        os.chdir(old)
-    return work, sorted((work / "runs" / "tiny").glob("*/checkpoints/step_*.pt"))[-1]
+    return work, train_in(work, conv_dict(adversarial_start=2), "train.steps=3")
 
 
 def test_every_command_works_with_the_conv_decoder(trained_conv, tmp_path):

@@ -22,6 +22,17 @@ def _widths(base: int, count: int, most: int) -> list[int]:
     return [min(most, base * 4**i) for i in range(count)]
 
 
+def _judge(convs: nn.ModuleList, post: nn.Module, x: torch.Tensor) -> Judgement:
+    """Leaky-ReLU convolutions then the output convolution; every layer's output is a feature map."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), SLOPE)
+        features.append(x)
+    x = post(x)
+    features.append(x)
+    return x.flatten(1), features
+
+
 class PeriodDiscriminator(nn.Module):
     """One period p: [B, T] -> [B, 1, T / p, p] -> strided 2-D convolutions along time."""
 
@@ -43,14 +54,7 @@ class PeriodDiscriminator(nn.Module):
         pad = (-length) % self.period
         if pad:
             audio = F.pad(audio, (0, pad), mode="reflect")
-        x = audio.view(batch, 1, -1, self.period)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), SLOPE)
-            features.append(x)
-        x = self.post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _judge(self.convs, self.post, audio.view(batch, 1, -1, self.period))
 
 
 class MultiPeriodDiscriminator(nn.Module):
@@ -80,14 +84,7 @@ class STFTDiscriminator(nn.Module):
 
     def forward(self, audio: torch.Tensor) -> Judgement:
         spec = torch.stft(audio.float(), self.n_fft, self.hop, window=self.window, return_complex=True, normalized=True)
-        x = torch.view_as_real(spec).permute(0, 3, 2, 1)  # [B, 2, frames, bins]
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), SLOPE)
-            features.append(x)
-        x = self.post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _judge(self.convs, self.post, torch.view_as_real(spec).permute(0, 3, 2, 1))  # [B, 2, frames, bins]
 
 
 class MultiScaleSTFTDiscriminator(nn.Module):

@@ -17,14 +17,7 @@ from torch import nn
 
 from vqaudio.models.adversarial import Critic
 from vqaudio.recipe import TrainConfig
-from vqaudio.train.setup import (
-    Diverged,
-    Metrics,
-    MicroBatches,
-    combine,
-    detach,
-    lr_factor,
-)
+from vqaudio.train.setup import Metrics, MicroBatches, accumulate, lr_factor
 
 
 class AdversarialStep:
@@ -48,17 +41,7 @@ class AdversarialStep:
         self.critic.active = self.active_at(step)
         self.optimizer.zero_grad(set_to_none=True)
         self.critic_optimizer.zero_grad(set_to_none=True)
-        results: list[Metrics] = []
-        finite = True
-        for batch, last in batches:
-            with batches.sync(last):
-                loss, metrics = batches.forward(batch)
-                finite = finite and bool(torch.isfinite(loss.detach()))
-                (loss / batches.count).backward()
-            results.append(detach(metrics))
-        combined, finite = batches.agree(combine(results), finite)
-        if not finite:
-            raise Diverged
+        combined = accumulate(batches)
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()

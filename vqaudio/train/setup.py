@@ -96,6 +96,24 @@ def lr_factor(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+def accumulate(batches: MicroBatches) -> Metrics:
+    """Forward and backward every micro-batch (gradients add up, each loss divided by their
+    count); returns the metrics combined over micro-batches and ranks. Raises `Diverged` when a
+    loss is non-finite on any rank."""
+    results: list[Metrics] = []
+    finite = True
+    for batch, last in batches:
+        with batches.sync(last):
+            loss, metrics = batches.forward(batch)
+            finite = finite and bool(torch.isfinite(loss.detach()))
+            (loss / batches.count).backward()
+        results.append(detach(metrics))
+    combined, finite = batches.agree(combine(results), finite)
+    if not finite:
+        raise Diverged
+    return combined
+
+
 class AdamStep:
     """One Adam optimiser over every trainable parameter, the recipe's schedule, gradient
     accumulation over the micro-batches and gradient clipping."""
@@ -109,17 +127,7 @@ class AdamStep:
 
     def step(self, batches: MicroBatches) -> Metrics:
         self.optimizer.zero_grad(set_to_none=True)
-        results: list[Metrics] = []
-        finite = True
-        for batch, last in batches:
-            with batches.sync(last):
-                loss, metrics = batches.forward(batch)
-                finite = finite and bool(torch.isfinite(loss.detach()))
-                (loss / batches.count).backward()
-            results.append(detach(metrics))
-        combined, finite = batches.agree(combine(results), finite)
-        if not finite:
-            raise Diverged
+        combined = accumulate(batches)
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
