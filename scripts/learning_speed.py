@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--resume", action="store_true", help="keep the systems an earlier invocation trained")
     args = parser.parse_args()
     out = (args.out or ROOT / "runs" / "learning_speed" / args.recipe).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -91,11 +92,17 @@ def main() -> None:
         template, extra = SYSTEMS[system]
         recipe = ROOT / "recipes" / template.format(recipe=args.recipe)
         overrides = [*extra, *args.set]
-        steps = plan(system, recipe, overrides, args.budget_minutes * 60, out / "scratch")
         runs = out / system / "runs"
-        shutil.rmtree(runs, ignore_errors=True)
-        train_seconds = vqaudio("train", str(recipe), *overrides, *steps, f"train.runs_dir={runs}", "--quiet")
-        (run,) = [p for p in runs.glob("*/*") if p.is_dir()]
+        done = out / system / "train.json"
+        if args.resume and done.exists():  # trained by an earlier invocation: keep it
+            trained = json.loads(done.read_text())
+            steps, train_seconds = trained["overrides"], trained["train_seconds"]
+        else:
+            steps = plan(system, recipe, overrides, args.budget_minutes * 60, out / "scratch")
+            shutil.rmtree(runs, ignore_errors=True)
+            train_seconds = vqaudio("train", str(recipe), *overrides, *steps, f"train.runs_dir={runs}", "--quiet")
+            done.write_text(json.dumps({"overrides": steps, "train_seconds": train_seconds}))
+        (run,) = [p for p in runs.glob("*/*") if p.is_dir() and not p.is_symlink() and p.parent.name != "latest"]
         report = out / system / "eval.json"
         vqaudio("eval", "-c", str(run), "--json", str(report), "--force", *(["--no-baselines"] if index else []))
         vqaudio("plot", str(run))
