@@ -20,6 +20,10 @@ Writes OUT/<system>/ (run folder, eval JSON, spectrogram) and OUT/table.md; the 
 JSON: {"recipe", "budget_minutes", "systems": {name: {"steps", "train_seconds", metrics...}}}.
 
     .venv/bin/python scripts/learning_speed.py --recipe demo --budget-minutes 10 --out runs/learning_speed/demo
+
+A long table (vctk_mini: five systems of an hour) can be stopped and run again with `--resume`:
+finished systems are kept, and one stopped mid-way continues from its last checkpoint; its train
+time is the time up to that checkpoint plus the continuation.
 """
 
 from __future__ import annotations
@@ -75,6 +79,16 @@ def plan(system: str, recipe: Path, overrides: list[str], budget: float, scratch
     return [f"train.steps={steps}"]
 
 
+def run_folders(runs: Path) -> list[Path]:
+    return [p for p in runs.glob("*/*") if p.is_dir() and not p.is_symlink() and p.parent.name != "latest"]
+
+
+def last_checkpoint(runs: Path) -> Path | None:
+    """The newest checkpoint of the one run under `runs`, if a run was started there."""
+    checkpoints = sorted(c for run in run_folders(runs) for c in (run / "checkpoints").glob("step_*.pt"))
+    return checkpoints[-1] if checkpoints else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", choices=["demo", "vctk_mini"], default="demo")
@@ -82,7 +96,8 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--resume", action="store_true", help="keep the systems an earlier invocation trained")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the systems an earlier invocation trained; continue one it left mid-way from its last checkpoint")
     args = parser.parse_args()
     out = (args.out or ROOT / "runs" / "learning_speed" / args.recipe).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -94,15 +109,25 @@ def main() -> None:
         overrides = [*extra, *args.set]
         runs = out / system / "runs"
         done = out / system / "train.json"
+        started = out / system / "plan.json"
         if args.resume and done.exists():  # trained by an earlier invocation: keep it
             trained = json.loads(done.read_text())
             steps, train_seconds = trained["overrides"], trained["train_seconds"]
+        elif args.resume and started.exists() and (checkpoint := last_checkpoint(runs)):
+            # killed mid-way: the time up to its last checkpoint counts, then the run continues from there
+            planned = json.loads(started.read_text())
+            steps = planned["overrides"]
+            before = checkpoint.stat().st_mtime - planned["started"]
+            train_seconds = before + vqaudio("train", "--resume", str(checkpoint.parents[1]), "--quiet")
+            done.write_text(json.dumps({"overrides": steps, "train_seconds": train_seconds}))
         else:
             steps = plan(system, recipe, overrides, args.budget_minutes * 60, out / "scratch")
             shutil.rmtree(runs, ignore_errors=True)
+            started.parent.mkdir(parents=True, exist_ok=True)
+            started.write_text(json.dumps({"overrides": steps, "started": time.time()}))
             train_seconds = vqaudio("train", str(recipe), *overrides, *steps, f"train.runs_dir={runs}", "--quiet")
             done.write_text(json.dumps({"overrides": steps, "train_seconds": train_seconds}))
-        (run,) = [p for p in runs.glob("*/*") if p.is_dir() and not p.is_symlink() and p.parent.name != "latest"]
+        (run,) = run_folders(runs)
         report = out / system / "eval.json"
         vqaudio("eval", "-c", str(run), "--json", str(report), "--force", *(["--no-baselines"] if index else []))
         vqaudio("plot", str(run))

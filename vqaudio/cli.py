@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -23,7 +23,7 @@ err = Console(stderr=True)
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N")]
 CheckpointOpt = Annotated[
-    Optional[Path], typer.Option("-c", "--checkpoint", help="model checkpoint or run folder; default: the newest under ./runs")
+    Path | None, typer.Option("-c", "--checkpoint", help="model checkpoint or run folder; default: the newest under ./runs")
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing output file")]
 
@@ -51,9 +51,9 @@ def _check_backend(backend: str) -> None:
 
 @app.command()
 def train(
-    recipe: Annotated[Optional[str], typer.Argument(help="recipe YAML (omit with --resume)")] = None,
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="KEY=VALUE overrides, e.g. train.steps=100")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the run in this folder")] = None,
+    recipe: Annotated[str | None, typer.Argument(help="recipe YAML (omit with --resume)")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE overrides, e.g. train.steps=100")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in this folder")] = None,
     device: DeviceOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
 ) -> None:
@@ -81,11 +81,11 @@ def train(
 
 
 BottomOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--bottom", help="two-level models: the bottom prior (-c is the top one); default: the newest over the same model"),
 ]
 PriorOpt = Annotated[
-    Optional[Path], typer.Option("--prior", help="prior checkpoint for .vqa files; default: the newest prior under ./runs")
+    Path | None, typer.Option("--prior", help="prior checkpoint for .vqa files; default: the newest prior under ./runs")
 ]
 
 
@@ -94,9 +94,9 @@ def encode(
     source: Annotated[Path, typer.Argument(help="audio file (anything soundfile reads)")],
     target: Annotated[Path, typer.Argument(help="codes file to write (.npy + .npy.json sidecar; .npz for a two-level model; .vqa with --entropy)")],
     checkpoint: CheckpointOpt = None,
-    speaker: Annotated[Optional[str], typer.Option("--speaker", help="record this speaker (index or name)")] = None,
+    speaker: Annotated[str | None, typer.Option("--speaker", help="record this speaker (index or name)")] = None,
     n_q: Annotated[
-        Optional[int], typer.Option("--n-q", help="residual VQ: keep the first N codebooks (the bitrate); default all")
+        int | None, typer.Option("--n-q", help="residual VQ: keep the first N codebooks (the bitrate); default all")
     ] = None,
     entropy: Annotated[
         bool, typer.Option("--entropy", help="write a compressed .vqa bitstream, range-coded under the learned prior")
@@ -148,7 +148,7 @@ def decode(
     source: Annotated[Path, typer.Argument(help="codes file written by vqaudio encode")],
     target: Annotated[Path, typer.Argument(help="wav file to write")],
     checkpoint: CheckpointOpt = None,
-    speaker: Annotated[Optional[str], typer.Option("--speaker", help="index or name; default: the sidecar's")] = None,
+    speaker: Annotated[str | None, typer.Option("--speaker", help="index or name; default: the sidecar's")] = None,
     temperature: Annotated[float, typer.Option("--temperature", help="sampling temperature; 0 = most likely")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="random seed for sampling")] = 0,
     backend: Annotated[
@@ -212,17 +212,17 @@ def convert(
 
 @app.command()
 def sample(
-    speaker: Annotated[Optional[str], typer.Option("--speaker", help="speech: index or name; default 0")] = None,
-    label: Annotated[Optional[str], typer.Option("--label", help="images: class index or name (cat)")] = None,
+    speaker: Annotated[str | None, typer.Option("--speaker", help="speech: index or name; default 0")] = None,
+    label: Annotated[str | None, typer.Option("--label", help="images: class index or name (cat)")] = None,
     seconds: Annotated[float, typer.Option("--seconds", help="length of each sample")] = 4.0,
     count: Annotated[int, typer.Option("-n", help="how many samples")] = 1,
     out_dir: Annotated[
         Path, typer.Option("-o", "--out", help="folder for the wav and codes files (images: a .png file or a folder)")
     ] = Path("samples"),
     checkpoint: Annotated[
-        Optional[Path], typer.Option("-c", "--checkpoint", help="prior checkpoint; default: the newest prior under ./runs")
+        Path | None, typer.Option("-c", "--checkpoint", help="prior checkpoint; default: the newest prior under ./runs")
     ] = None,
-    vqvae: Annotated[Optional[Path], typer.Option("--vqvae", help="the prior's VQ-VAE checkpoint, if it has moved")] = None,
+    vqvae: Annotated[Path | None, typer.Option("--vqvae", help="the prior's VQ-VAE checkpoint, if it has moved")] = None,
     bottom: BottomOpt = None,
     temperature: Annotated[float, typer.Option("--temperature", help="prior sampling temperature")] = 1.0,
     decoder_temperature: Annotated[float, typer.Option("--decoder-temperature", help="WaveNet decoder temperature")] = 1.0,
@@ -257,11 +257,11 @@ def sample(
 def eval_command(
     checkpoint: CheckpointOpt = None,
     data: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--data", help="folder or audio file, or RECIPE.yaml[:valid|train|all]; default: the model's held-out split"),
     ] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the report (per-clip rows) to this JSON file")] = None,
-    n_q: Annotated[Optional[int], typer.Option("--n-q", help="residual VQ: codebooks to keep (the bitrate)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the report (per-clip rows) to this JSON file")] = None,
+    n_q: Annotated[int | None, typer.Option("--n-q", help="residual VQ: codebooks to keep (the bitrate)")] = None,
     temperature: Annotated[float, typer.Option("--temperature", help="decoder sampling temperature; 0 = most likely")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="random seed for sampling")] = 0,
     backend: Annotated[str, typer.Option("--backend", help="auto, fast, plain or cuda-graph")] = "auto",
@@ -271,24 +271,24 @@ def eval_command(
     ] = "all",
     no_baselines: Annotated[bool, typer.Option("--no-baselines", help="the same as --baselines none")] = False,
     metrics: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--metrics", help="a subset of the metrics, e.g. pesq_wb,stoi,visqol,warpq,dnsmos,speaker_sim; default all"),
     ] = None,
     convert: Annotated[
         bool, typer.Option("--convert", help="also decode every clip as the other speakers and measure the conversion")
     ] = False,
     to: Annotated[
-        Optional[str], typer.Option("--to", help="--convert's target speakers, comma-separated names or indices")
+        str | None, typer.Option("--to", help="--convert's target speakers, comma-separated names or indices")
     ] = None,
     html_out: Annotated[
-        Optional[Path], typer.Option("--html", help="also write one self-contained page: players, spectrograms, a blind listening test")
+        Path | None, typer.Option("--html", help="also write one self-contained page: players, spectrograms, a blind listening test")
     ] = None,
-    max_clips: Annotated[Optional[int], typer.Option("--max-clips", help="evaluate only the first N clips")] = None,
+    max_clips: Annotated[int | None, typer.Option("--max-clips", help="evaluate only the first N clips")] = None,
     audio_dir: Annotated[
-        Optional[Path], typer.Option("--audio-dir", help="write each reference and reconstruction here for listening")
+        Path | None, typer.Option("--audio-dir", help="write each reference and reconstruction here for listening")
     ] = None,
     prior_checkpoint: Annotated[
-        Optional[Path], typer.Option("--prior", help="also entropy-code every clip under this prior (.vqa bitrate)")
+        Path | None, typer.Option("--prior", help="also entropy-code every clip under this prior (.vqa bitrate)")
     ] = None,
     bottom: BottomOpt = None,
     force: ForceOpt = False,
@@ -328,7 +328,7 @@ def eval_command(
 @app.command("listen-results")
 def listen_results(
     files: Annotated[list[Path], typer.Argument(help="results downloaded from an eval --html page (.json or .csv)")],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the summary to this JSON file")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the summary to this JSON file")] = None,
     force: ForceOpt = False,
 ) -> None:
     """Summarise listening-test results: per system the mean rating and its 95% interval."""
@@ -350,28 +350,127 @@ def listen_results(
 
 @app.command()
 def plot(
-    run_dir: Annotated[Path, typer.Argument(help="a run folder (runs/<name>/<timestamp> or runs/latest)")],
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="a run folder (runs/<name>/<timestamp> or runs/latest); with --compare, runs or sweep folders")
+    ],
+    compare: Annotated[
+        bool, typer.Option("--compare", help="overlay the runs' training curves and draw bitrate against --metric")
+    ] = False,
+    metric: Annotated[str, typer.Option("--metric", help="--compare: the rate-quality figure's metric")] = "pesq_wb",
+    out_dir: Annotated[
+        Path | None, typer.Option("-o", "--out", help="--compare: folder for the figures; default: the first folder given")
+    ] = None,
     checkpoint: Annotated[
-        Optional[Path], typer.Option("-c", "--checkpoint", help="model checkpoint; default: the run's newest")
+        Path | None, typer.Option("-c", "--checkpoint", help="model checkpoint; default: the run's newest")
     ] = None,
     clip: Annotated[
-        Optional[str], typer.Option("--clip", help="held-out clip id or an audio file for the spectrograms; default: the first")
+        str | None, typer.Option("--clip", help="held-out clip id or an audio file for the spectrograms; default: the first")
     ] = None,
     data: Annotated[
-        Optional[str], typer.Option("--data", help="clips for the usage histogram, as for eval; default: held-out split")
+        str | None, typer.Option("--data", help="clips for the usage histogram, as for eval; default: held-out split")
     ] = None,
     temperature: Annotated[float, typer.Option("--temperature", help="decoder sampling temperature")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="random seed for sampling")] = 0,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Draw a run: training curves, original vs reconstruction spectrograms, codebook usage (PNG)."""
+    """Draw a run: training curves, original vs reconstruction spectrograms, codebook usage (PNG).
+    With --compare, several runs: their curves overlaid and a rate-quality figure."""
     from vqaudio.device import resolve_device
     from vqaudio.evaluation.plots import plot_run_dir
 
+    if compare:
+        from vqaudio.experiments.figures import plot_compare
+
+        figures = plot_compare(run_dirs, metric, out_dir or run_dirs[0])
+        baselines = f", baselines {', '.join(figures.baselines)}" if figures.baselines else ", no baseline rows found"
+        out.print(f"wrote {figures.curves}", soft_wrap=True)
+        out.print(f"wrote {figures.rate_quality} ({figures.runs} runs, {figures.points} points{baselines})", soft_wrap=True)
+        return
+    if len(run_dirs) != 1:
+        raise VQAudioError(f"plot: give one run folder, or --compare for {len(run_dirs)}")
     with err.status("decoding the clip and drawing"):
-        written = plot_run_dir(run_dir, checkpoint, clip, data, temperature, seed, resolve_device(device))
+        written = plot_run_dir(run_dirs[0], checkpoint, clip, data, temperature, seed, resolve_device(device))
     for path in written:
         out.print(f"wrote {path}", soft_wrap=True)
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="sweep file (recipes/sweeps/*.yaml)")],
+    jobs: Annotated[int, typer.Option("-j", "--jobs", help="worker processes here, sharing the study")] = 1,
+    worker: Annotated[
+        bool, typer.Option("--worker", help="be one more worker of the study in --storage (any machine that reaches it)")
+    ] = False,
+    storage: Annotated[
+        str | None, typer.Option("--storage", help="Optuna storage URL; default: sqlite:///<sweep folder>/study.db")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="torch threads per worker; default: the cores shared among -j workers")
+    ] = None,
+    label: Annotated[str, typer.Option("--label", hidden=True, help="prefix of this worker's lines")] = "",
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Run a sweep on Optuna: every trial a run folder under runs/<sweep>/, trained, evaluated, compared."""
+    from vqaudio.device import resolve_device
+    from vqaudio.experiments.study import open_study, run_sweep, run_worker, storage_url
+    from vqaudio.experiments.sweep_file import load_sweep
+
+    if jobs < 1:
+        raise VQAudioError(f"-j {jobs}: give at least one worker")
+    if threads is not None and threads < 1:
+        raise VQAudioError(f"--threads {threads}: must be at least 1")
+    spec = load_sweep(sweep_file)
+    url = storage_url(spec, storage)
+    if worker:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        run_worker(spec, url, resolve_device(device), err, not quiet, label)
+        return
+    open_study(spec, url)  # the storage opens and the study matches this sweep file, or one line says why
+    err.print(f"sweep {spec.name}: {spec.trials} trials ({spec.sampler}), {jobs} worker(s), study in {url}", soft_wrap=True)
+    run_sweep(spec, url, resolve_device(device), jobs, err, threads, device, not quiet)
+    _print_comparison([spec.folder], None)
+    out.print(f"compare again with: vqaudio compare {spec.folder}", soft_wrap=True)
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="run folders, sweep folders, or folders of runs")],
+    sort: Annotated[
+        str | None, typer.Option("--sort", help="metric to sort by (pesq_wb, stoi, ..., valid.loss); default: the sweep's objective")
+    ] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="also write the table as CSV")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the table as JSON")] = None,
+    markdown_out: Annotated[Path | None, typer.Option("--markdown", help="also write the table as Markdown")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """A table of the recipe keys that differ between runs and their final metrics, best first."""
+    from vqaudio.experiments.compare import write_comparison
+
+    comparison = _print_comparison(runs, sort)
+    for kind, path in (("csv", csv_out), ("json", json_out), ("markdown", markdown_out)):
+        if path is not None:
+            out.print(f"wrote {write_comparison(comparison, path, kind, force)}", soft_wrap=True)
+
+
+def _print_comparison(runs: list[Path], sort: str | None):
+    from rich.table import Table
+
+    from vqaudio.experiments.compare import cell, compare_runs
+
+    comparison = compare_runs(runs, sort)
+    arrow = "↑" if comparison.direction == "maximize" else "↓"
+    table = Table(title=f"{len(comparison.runs)} runs, best {comparison.sort} {arrow} first", title_justify="left")
+    for column, header in zip(comparison.columns, comparison.headers(), strict=True):
+        numeric = column in comparison.metrics or column in ("steps", "bitrate")
+        table.add_column(header, justify="right" if numeric else "left", style="bold" if column == comparison.sort else None, overflow="fold")
+    for row in comparison.records():
+        table.add_row(*(escape(cell(row[c])) for c in comparison.columns))
+    out.print(table)
+    return comparison
 
 
 @app.command()

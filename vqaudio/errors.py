@@ -7,3 +7,7 @@ class VQAudioError(Exception):
 
 class TrainingInterrupted(Exception):
     """Raised inside the training loop when the user presses Ctrl-C or the job gets SIGTERM."""
+
+
+class SweepStopped(TrainingInterrupted):
+    """SIGTERM or Ctrl-C reached a sweep; the trial it stopped goes back in the queue, to continue from its checkpoint."""

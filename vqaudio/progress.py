@@ -111,3 +111,20 @@ def step_bar(total: int, completed: int, console: Console, enabled: bool = True)
     )
     with progress:
         yield StepBar(progress, progress.add_task("train", total=total, completed=completed, summary=""))
+
+
+@contextmanager
+def count_bar(description: str, total: int, console: Console, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A bar of `total` units of long work (a sweep's trials) on `console`; yields `update(done)`.
+    Lines printed on the same console while it runs appear above it."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not enabled,
+    )
+    with progress:
+        task = progress.add_task(description, total=total)
+        yield lambda done: progress.update(task, completed=done)

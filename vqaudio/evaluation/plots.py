@@ -30,7 +30,7 @@ from vqaudio.train.run_dir import resolve_run_dir
 SKIP_KEYS = {"step", "split", "time"}
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def save_figure(figure: Figure, path: Path) -> Path:
     with atomic_output(path, force=True) as tmp:
         figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     return path
@@ -73,7 +73,7 @@ def plot_training_curves(records: list[dict[str, Any]], path: Path, title: str =
             axes.legend(fontsize=8)
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_spectrograms(reference: np.ndarray, reconstruction: np.ndarray, sample_rate: int, path: Path, title: str = "") -> Path:
@@ -94,7 +94,7 @@ def plot_spectrograms(reference: np.ndarray, reconstruction: np.ndarray, sample_
         figure.colorbar(shown, ax=axes, label="dB")
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_codebook_usage(counts: np.ndarray, path: Path, title: str = "") -> Path:
@@ -117,7 +117,7 @@ def plot_codebook_usage(counts: np.ndarray, path: Path, title: str = "") -> Path
         by_rank.legend(fontsize=8)
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _pick_clip(clips: list[EvalClip], wanted: str | None) -> EvalClip:

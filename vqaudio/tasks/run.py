@@ -26,7 +26,7 @@ from vqaudio.train.distributed import (
     broadcast_text,
     distributed_job,
 )
-from vqaudio.train.loop import Trainer, TrainResult
+from vqaudio.train.loop import Trainer, TrainResult, ValidationHook
 from vqaudio.train.metrics_log import check_tensorboard_available
 from vqaudio.train.run_dir import create_run_dir, point_latest, resolve_run_dir
 
@@ -47,8 +47,14 @@ def train(
     resume_dir: Path | None = None,
     show_progress: bool = True,
     console: Console | None = None,
+    run_dir: Path | None = None,
+    on_validation: ValidationHook | None = None,
 ) -> TrainResult:
     """Train `recipe` in a new run folder, or continue the run in `resume_dir`.
+
+    `run_dir`: the new run's folder (default: a timestamped one under `train.runs_dir`); a sweep
+    names its trials' folders so. `on_validation(step, values)` is called after every validation
+    and may raise to stop the run there (a sweep's pruning).
 
     Under torchrun every process calls this; they form one data-parallel job (see
     `vqaudio.train.distributed`) in which rank 0 alone writes the run folder.
@@ -57,11 +63,18 @@ def train(
     if recipe.train.tensorboard:
         check_tensorboard_available()
     with distributed_job(device) as (job, device):
-        return _train(recipe, device, job, resume_dir, show_progress and job.is_main, console)
+        return _train(recipe, device, job, resume_dir, show_progress and job.is_main, console, run_dir, on_validation)
 
 
 def _train(
-    recipe: Recipe, device: torch.device, job: Distributed, resume_dir: Path | None, show_progress: bool, console: Console
+    recipe: Recipe,
+    device: torch.device,
+    job: Distributed,
+    resume_dir: Path | None,
+    show_progress: bool,
+    console: Console,
+    named_dir: Path | None = None,
+    on_validation: ValidationHook | None = None,
 ) -> TrainResult:
     if show_progress:
         from vqaudio.progress import preparation_bar
@@ -82,20 +95,21 @@ def _train(
         payload = load_checkpoint(checkpoint)
         if payload.get("kind") != setup.kind:
             raise VQAudioError(f"{checkpoint}: a {payload.get('kind')} checkpoint cannot resume a {setup.kind} run")
-        trainer = Trainer(setup, recipe, run_dir, device, console, show_progress, job)
+        trainer = Trainer(setup, recipe, run_dir, device, console, show_progress, job, on_validation)
         trainer.load_state(payload)
         if job.is_main:
             console.print(f"resuming {run_dir} from step {trainer.step}")
             for leftover in (run_dir / "checkpoints").glob(".step_*.tmp"):
                 leftover.unlink(missing_ok=True)  # a write that was killed part-way (the real file is intact)
     else:
-        created = create_run_dir(runs_dir, recipe.name, {"kind": setup.kind}) if job.is_main else None
+        created = create_run_dir(runs_dir, recipe.name, {"kind": setup.kind}, named_dir) if job.is_main else None
         run_dir = Path(broadcast_text(job, str(created) if created else None, device))
-        trainer = Trainer(setup, recipe, run_dir, device, console, show_progress, job)
+        trainer = Trainer(setup, recipe, run_dir, device, console, show_progress, job, on_validation)
         if job.is_main:
             where = f"{job.world_size} processes on {device.type}" if job.enabled else f"device {device}"
             console.print(f"run folder: {run_dir}  ({where})")
     if job.is_main:
         (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-        point_latest(runs_dir, run_dir)
+        if run_dir.resolve().parent != runs_dir.resolve():  # runs/latest is for runs/<name>/<stamp>; a sweep's trials sit in its folder
+            point_latest(runs_dir, run_dir)
     return trainer.run()

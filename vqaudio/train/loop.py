@@ -16,7 +16,7 @@ once per optimiser step, as one batch of the whole size would.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,9 @@ from vqaudio.train.setup import (
     detach,
 )
 from vqaudio.train.signals import StopRequest
+
+ValidationHook = Callable[[int, dict[str, float]], None]
+"""Called with the step and the validation metrics after each validation; may raise to stop training."""
 
 
 @dataclass
@@ -157,8 +160,10 @@ class Trainer:
         console: Console | None = None,
         show_progress: bool = True,
         job: Distributed = SINGLE,
+        on_validation: ValidationHook | None = None,
     ) -> None:
         self.setup = setup
+        self.on_validation = on_validation
         self.recipe = recipe
         self.config = recipe.train
         self.run_dir = run_dir
@@ -341,6 +346,8 @@ class Trainer:
                     self.last_valid = self.validate()
                     if self.last_valid:
                         self._log("valid", self.last_valid)
+                        if self.on_validation is not None:
+                            self.on_validation(self.step, self.last_valid)  # may raise to end the run here
                     progress.update(description="train")
                 if self.step % cfg.checkpoint_every == 0 or last or stopping:
                     checkpoint = self.save()

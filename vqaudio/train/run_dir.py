@@ -15,16 +15,21 @@ from vqaudio.errors import VQAudioError
 from vqaudio.formats.checkpoint import list_checkpoints
 
 
-def create_run_dir(runs_dir: Path, name: str, info: dict[str, Any]) -> Path:
-    """Make a fresh timestamped run folder and write `run.json`."""
+def create_run_dir(runs_dir: Path, name: str, info: dict[str, Any], named: Path | None = None) -> Path:
+    """Make a fresh timestamped run folder (or the folder `named`, which must hold no run yet) and write `run.json`."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = runs_dir / name
-    run = base / stamp
-    suffix = 1
-    while run.exists():
-        suffix += 1
-        run = base / f"{stamp}-{suffix}"
-    (run / "checkpoints").mkdir(parents=True)
+    if named is not None:
+        if (named / "run.json").exists():
+            raise VQAudioError(f"{named}: already holds a run; continue it with vqaudio train --resume {named}")
+        run = named
+    else:
+        base = runs_dir / name
+        run = base / stamp
+        suffix = 1
+        while run.exists():
+            suffix += 1
+            run = base / f"{stamp}-{suffix}"
+    (run / "checkpoints").mkdir(parents=True, exist_ok=named is not None)
     (run / "run.json").write_text(json.dumps({"name": name, "created": stamp, **info}, indent=2) + "\n")
     return run
 
