@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 from vqaudio.cli import app
 from vqaudio.errors import VQAudioError
 from vqaudio.experiments.compare import compare_runs
-from vqaudio.experiments.figures import plot_rate_quality
-from vqaudio.experiments.runs import find_runs
+from vqaudio.experiments.figures import legend_labels, plot_rate_quality
+from vqaudio.experiments.runs import TRIAL_FILE, find_runs
 from vqaudio.experiments.study import open_study, suggest
 from vqaudio.experiments.sweep_file import load_sweep
 
@@ -188,6 +188,33 @@ def test_two_workers_on_one_sqlite_storage_split_the_trials(tmp_path: Path) -> N
     assert sum(ran) == 4 and min(ran) >= 1, ran
 
 
+def test_a_trial_that_crashes_runs_again_at_the_next_invocation_from_its_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vqaudio.experiments import study
+
+    sweep = write_sweep(tmp_path, space={"model.quantizer.beta": [0.25, 0.5]})
+    real_eval = study.run_eval
+    calls = []
+
+    def crash_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return real_eval(*args, **kwargs)
+
+    monkeypatch.setattr(study, "run_eval", crash_once)
+    with pytest.raises(RuntimeError, match="simulated"):
+        CliRunner().invoke(app, ["sweep", str(sweep)], catch_exceptions=False)
+    trials = study_trials(tmp_path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert json.loads((tmp_path / "runs" / "grid" / "t001" / TRIAL_FILE).read_text())["state"] == "failed"
+
+    assert CliRunner().invoke(app, ["sweep", str(sweep)], catch_exceptions=False).exit_code == 0
+    trials = study_trials(tmp_path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[2].user_attrs["retry_of"] == 1 and trials[2].user_attrs["folder"] == "t001"
+    assert json.loads((tmp_path / "runs" / "grid" / "t001" / TRIAL_FILE).read_text())["state"] == "complete"
+
+
 def test_pruning_stops_a_trial_whose_validation_loss_is_worse_than_the_median(tmp_path: Path) -> None:
     # the first trial learns (lr 1e-2); the second cannot (lr 1e-9), so its validation loss is above the first's
     sweep = write_sweep(
@@ -290,6 +317,7 @@ def test_rate_quality_holds_every_n_q_of_each_run_and_the_baselines(tmp_path: Pa
     assert [r.label for r in runs] == ["a/1", "b/1"]
     path, points, baselines = plot_rate_quality(runs, "pesq_wb", tmp_path / "rq.png")
     assert points == 3 and baselines == sorted(codecs) and path.stat().st_size > 0
+    assert legend_labels(runs) == ["a/1 codebook_size=256", "b/1 codebook_size=1024"]
     comparison = compare_runs([tmp_path / "runs"])
     assert comparison.differing == ["model.quantizer.codebook_size"]
     assert [r.label for r in comparison.runs] == ["b/1", "a/1"]  # PESQ-WB, higher first

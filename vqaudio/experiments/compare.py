@@ -12,7 +12,13 @@ from typing import Any
 
 from vqaudio.errors import VQAudioError
 from vqaudio.evaluation.evaluate import METRICS
-from vqaudio.experiments.runs import RunRecord, find_runs, sweep_objective
+from vqaudio.experiments.runs import (
+    RunRecord,
+    differing_keys,
+    find_runs,
+    short_names,
+    sweep_objective,
+)
 from vqaudio.fileio import atomic_output
 
 VALID_LOSS = "valid.loss"
@@ -32,9 +38,7 @@ class Comparison:
 
     def headers(self) -> list[str]:
         """Column titles for narrow tables: a recipe key's last part when no other differing key shares it."""
-        last = [k.rsplit(".", 1)[-1] for k in self.differing]
-        short = [part if last.count(part) == 1 else key for key, part in zip(self.differing, last, strict=True)]
-        return ["run", *short, "state", "steps", "bitrate", *self.metrics]
+        return ["run", *short_names(self.differing), "state", "steps", "bitrate", *self.metrics]
 
     def records(self) -> list[dict[str, Any]]:
         rows = []
@@ -56,8 +60,7 @@ def _direction(metric: str) -> str:
 
 def compare_runs(paths: list[Path], sort: str | None = None) -> Comparison:
     runs = find_runs(paths)
-    keys = sorted({k for run in runs for k in run.recipe})
-    differing = [k for k in keys if len({json.dumps(run.recipe.get(k), sort_keys=True) for run in runs}) > 1]
+    differing = differing_keys(runs)
     found = {m for run in runs if run.full for m in run.full.metrics}
     metrics = [m for m in METRICS if m in found]
     if any(VALID_LOSS.removeprefix("valid.") in run.last_valid for run in runs):

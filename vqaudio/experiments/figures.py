@@ -15,13 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from vqaudio.errors import VQAudioError
 from vqaudio.evaluation.evaluate import METRICS
 from vqaudio.evaluation.plots import SKIP_KEYS, save_figure
-from vqaudio.experiments.runs import EvalPoint, RunRecord, find_runs
+from vqaudio.experiments.runs import (
+    EvalPoint,
+    RunRecord,
+    differing_keys,
+    find_runs,
+    short_names,
+)
 
 MAX_PANELS = 12
+BASELINE_STYLES = [("s", "0.35"), ("D", "0.55"), ("^", "0.45")]  # codec2, opus, ...: grey, told apart by marker
 FIRST_KEYS = ("loss", "nll", "mel", "stft", "perplexity", "codes_used")
 
 
@@ -92,9 +100,9 @@ def plot_rate_quality(runs: list[RunRecord], metric: str, path: Path) -> tuple[P
     families: dict[str, list[EvalPoint]] = {}
     for point in baselines.values():
         families.setdefault(_baseline_family(point.name), []).append(point)
-    for family, points in sorted(families.items()):
+    for (family, points), (marker, shade) in zip(sorted(families.items()), BASELINE_STYLES * len(families), strict=False):
         ordered = sorted(points, key=lambda p: p.bitrate or 0)
-        axes.plot([p.bitrate for p in ordered], [p.metrics[metric] for p in ordered], marker="s", color="0.45",
+        axes.plot([p.bitrate for p in ordered], [p.metrics[metric] for p in ordered], marker=marker, color=shade,
                   linestyle="--", linewidth=1.0, markerfacecolor="white", label=family)  # fmt: skip
         for p in ordered:
             axes.annotate(p.name, (p.bitrate, p.metrics[metric]), textcoords="offset points", xytext=(4, -10), fontsize=7, color="0.35")
@@ -104,6 +112,10 @@ def plot_rate_quality(runs: list[RunRecord], metric: str, path: Path) -> tuple[P
             f"vqaudio eval -c RUN --json RUN/eval.json (or run them through vqaudio sweep)"
         )
     axes.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axes.xaxis.set_major_formatter(plain)
+    axes.xaxis.set_minor_formatter(plain)
+    axes.tick_params(axis="x", which="both", labelsize=8)
     axes.set_xlabel("bitrate (bit/s, raw codes)")
     axes.set_ylabel(METRICS[metric][0])
     axes.grid(alpha=0.3, which="both")
@@ -113,8 +125,21 @@ def plot_rate_quality(runs: list[RunRecord], metric: str, path: Path) -> tuple[P
     return path, drawn, sorted(baselines)
 
 
+def legend_labels(runs: list[RunRecord]) -> list[str]:
+    """Each run's name with the values that set it apart: `t003 codebook_size=512 beta=1`."""
+    keys = differing_keys(runs)
+    names = short_names(keys)
+    return [" ".join([run.label, *(f"{n}={_value(run.recipe.get(k))}" for k, n in zip(keys, names, strict=True))]) for run in runs]
+
+
+def _value(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def plot_compare(paths: list[Path], metric: str, out_dir: Path) -> CompareFigures:
     runs = find_runs(paths)
+    for run, label in zip(runs, legend_labels(runs), strict=True):
+        run.label = label
     curves = plot_compare_curves(runs, out_dir / "compare_curves.png")
     rate_quality, drawn, baselines = plot_rate_quality(runs, metric, out_dir / f"rate_quality_{metric}.png")
     return CompareFigures(curves, rate_quality, len(runs), drawn, baselines)

@@ -175,6 +175,18 @@ def _common_root(folders: list[Path]) -> Path | None:
     return Path(*common) if common else None
 
 
+def differing_keys(runs: list[RunRecord]) -> list[str]:
+    """The recipe keys whose values are not the same in every run."""
+    keys = sorted({k for run in runs for k in run.recipe})
+    return [k for k in keys if len({json.dumps(run.recipe.get(k), sort_keys=True) for run in runs}) > 1]
+
+
+def short_names(keys: list[str]) -> list[str]:
+    """Each key's last part, unless another key shares it."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return [part if last.count(part) == 1 else key for key, part in zip(keys, last, strict=True)]
+
+
 def sweep_objective(paths: list[Path]) -> tuple[str, str] | None:
     """The objective (metric, direction) of the first sweep folder among `paths`, if any."""
     for path in paths:

@@ -246,7 +246,7 @@ class _TrialRunner:
         try:
             result = self._train(trial, folder, params)
             _write_json(folder / TRIAL_FILE, record)
-            value = self._evaluate(folder, result.last_valid, sweep.spec.space, params)
+            value = self._evaluate(folder, result.last_valid)
         except optuna.TrialPruned as exc:
             self._finish(folder, record, "pruned", None, started, str(exc))
             raise
@@ -256,9 +256,13 @@ class _TrialRunner:
             self._finish(folder, record, "interrupted", None, started, "stopped: it continues from its checkpoint next time")
             cause = str(exc).split(":")[0]  # SIGTERM at step N, or the signal's name outside training
             raise SweepStopped(f"{cause} in {sweep.name}/{folder.name}; continue the sweep with: vqaudio sweep {sweep.path}") from None
-        except (VQAudioError, Diverged) as exc:
+        except (VQAudioError, Diverged) as exc:  # this trial cannot train or be measured: the sweep goes on
             trial.set_user_attr("error", str(exc))
             self._finish(folder, record, "failed", None, started, str(exc))
+            raise
+        except Exception as exc:  # a crash (a bug, out of memory): the worker stops; the trial runs again next time
+            _requeue(trial.study, trial)
+            self._finish(folder, record, "failed", None, started, f"{type(exc).__name__}: {exc}")
             raise
         self._finish(folder, record, "complete", value, started)
         return value
@@ -283,7 +287,7 @@ class _TrialRunner:
         hook = _pruning_hook(trial, sweep) if sweep.pruning.kind != "none" else None
         return train(recipe, self.device, None, self.show_progress, self.console, run_dir=folder, on_validation=hook)
 
-    def _evaluate(self, folder: Path, last_valid: dict[str, float], space: dict[str, Any], params: dict[str, Any]) -> float:
+    def _evaluate(self, folder: Path, last_valid: dict[str, float]) -> float:
         sweep = self.sweep
         spec = sweep.spec.eval
         baselines_file = sweep.folder / BASELINES_FILE
