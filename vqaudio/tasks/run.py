@@ -54,7 +54,8 @@ def train(
 
     `run_dir`: the new run's folder (default: a timestamped one under `train.runs_dir`); a sweep
     names its trials' folders so. `on_validation(step, values)` is called after every validation
-    and may raise to stop the run there (a sweep's pruning).
+    and may raise to stop the run there (a sweep's pruning). Only rank 0 validates, so a hook that
+    raises is for one-process runs: under torchrun the other ranks would wait at the next step.
 
     Under torchrun every process calls this; they form one data-parallel job (see
     `vqaudio.train.distributed`) in which rank 0 alone writes the run folder.
