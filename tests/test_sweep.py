@@ -215,6 +215,26 @@ def test_a_trial_that_crashes_runs_again_at_the_next_invocation_from_its_checkpo
     assert json.loads((tmp_path / "runs" / "grid" / "t001" / TRIAL_FILE).read_text())["state"] == "complete"
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("VQAUDIO_TEST_POSTGRES"), reason="set VQAUDIO_TEST_POSTGRES to a PostgreSQL URL (no server in CI)")
+def test_two_workers_share_a_postgresql_study(tmp_path: Path) -> None:
+    url = os.environ["VQAUDIO_TEST_POSTGRES"]
+    name = f"pg{os.getpid()}"
+    sweep = write_sweep(tmp_path, name=name, space={"model.quantizer.beta": [0.25, 0.5, 1.0]})
+    command = [sys.executable, "-m", "vqaudio", "sweep", str(sweep), "--worker", "--storage", url, "--threads", "1", "--quiet"]
+    workers = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    assert sorted(t.user_attrs["point"] for t in trials if t.state == TrialState.COMPLETE) == [0, 1, 2]
+
+
+def test_a_storage_without_its_driver_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = write_sweep(tmp_path)
+    code, output = run_main(capsys, "sweep", str(sweep), "--storage", "mysql+notadriver://u@localhost/x")
+    assert code == 2 and len(output.strip().splitlines()) == 1 and "mysql+notadriver" in output
+
+
 def test_pruning_stops_a_trial_whose_validation_loss_is_worse_than_the_median(tmp_path: Path) -> None:
     # the first trial learns (lr 1e-2); the second cannot (lr 1e-9), so its validation loss is above the first's
     sweep = write_sweep(

@@ -100,6 +100,11 @@ def _storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
                     url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=_requeue
                 )
         except Exception as exc:  # noqa: BLE001 - a bad URL or an unreachable database, said in one line
+            if isinstance(exc, ImportError):  # no driver for this database: retrying will not help
+                raise VQAudioError(
+                    f"--storage {url!r}: no Python driver for this database; install it (psycopg2-binary for "
+                    f"postgresql+psycopg2://, psycopg for postgresql://, pymysql for mysql+pymysql://)"
+                ) from None
             if attempt == attempts - 1:
                 raise VQAudioError(f"--storage {url!r}: cannot open the study storage ({str(exc).splitlines()[0]})") from None
             time.sleep(0.5 * (attempt + 1))
