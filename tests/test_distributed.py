@@ -144,10 +144,7 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_resume_continues_the_job(tmp_pa
     assert stopped["rank_fingerprints"] == [stopped["fingerprint"]] * 2
     assert len(stopped["rng"]["ranks"]) == 2
 
-    done = subprocess.run(
-        [*TORCHRUN, "-m", "vqaudio", "train", "--resume", str(run), f"train.steps={step + 2}", "--device", "cpu", "--quiet"],
-        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
-    )
+    done = torchrun(["train", "--resume", str(run), f"train.steps={step + 2}", "--device", "cpu", "--quiet"], tmp_path)
     assert done.returncode == 0, done.stderr
     resumed = load_checkpoint(list_checkpoints(run)[-1])
     assert resumed["step"] == step + 2
@@ -156,15 +153,28 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_resume_continues_the_job(tmp_pa
     # near the usage threshold can turn that into 1e-3; test_two_gloo_processes_... covers that
     # equivalence with its tolerance.)
     (tmp_path / "straight.yaml").write_text(yaml.safe_dump(recipe_dict(tmp_path / "straight", steps=step + 2, batch_size=2)))
-    straight = subprocess.run(
-        [*TORCHRUN, "-m", "vqaudio", "train", "straight.yaml", "--device", "cpu", "--quiet"],
-        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    straight = torchrun(["train", "straight.yaml", "--device", "cpu", "--quiet"], tmp_path, retry=False)
+    if straight.returncode != 0 and GLOO_TEARDOWN in straight.stderr:  # continue that run, as torchrun() would
+        straight = torchrun(["train", "--resume", str(only_run(tmp_path / "straight")), "--device", "cpu", "--quiet"], tmp_path)
     assert straight.returncode == 0, straight.stderr
     uninterrupted = load_checkpoint(list_checkpoints(only_run(tmp_path / "straight"))[-1])
     assert uninterrupted["step"] == step + 2
     assert max_difference(resumed["model"], uninterrupted["model"]) < 1e-6
     assert max_difference(resumed["optimizer"]["state"][0], uninterrupted["optimizer"]["state"][0]) < 1e-6
+
+
+GLOO_TEARDOWN = "terminate called without an active exception"
+
+
+def torchrun(args: list[str], cwd: Path, retry: bool = True) -> subprocess.CompletedProcess[str]:
+    """A torchrun job; with `retry` (for `--resume`, which continues from the run's last checkpoint
+    exactly), run once more if a rank aborted in gloo's thread teardown (seen once in CI). Any other
+    failure is returned as it is."""
+    for _ in range(2 if retry else 1):
+        done = subprocess.run([*TORCHRUN, "-m", "vqaudio", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+        if done.returncode == 0 or GLOO_TEARDOWN not in done.stderr:
+            break
+    return done
 
 
 def trainer_for(tmp_path: Path, name: str, **train_keys) -> Trainer:
