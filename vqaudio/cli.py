@@ -26,6 +26,9 @@ CheckpointOpt = Annotated[
     Path | None, typer.Option("-c", "--checkpoint", help="model checkpoint or run folder; default: the newest under ./runs")
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing output file")]
+PrecisionOpt = Annotated[
+    str, typer.Option("--precision", help="WaveNet weights for generation: fp32, or int8 (per-channel scales; docs/generation.md)")
+]
 
 
 def _newest(checkpoint: Path | None, kinds: tuple[str, ...] = ("audio_vqvae",), option: str = "-c") -> Path:
@@ -42,6 +45,15 @@ def _bar(description: str, total: int | None, unit: str):
     from vqaudio.progress import progress_bar
 
     return progress_bar(description, total, unit)
+
+
+def _precision(model, precision: str) -> None:
+    """--precision: the weights every WaveNet of `model` generates with."""
+    from vqaudio.generation.packed import PRECISIONS, set_precision
+
+    if precision not in PRECISIONS:
+        raise VQAudioError(f"--precision {precision!r}: choose {' or '.join(PRECISIONS)}")
+    set_precision(model, precision)  # type: ignore[arg-type]
 
 
 def _check_backend(backend: str) -> None:
@@ -154,6 +166,7 @@ def decode(
     backend: Annotated[
         str, typer.Option("--backend", help="auto, fast (fused CPU kernel), plain (PyTorch) or cuda-graph")
     ] = "auto",
+    precision: PrecisionOpt = "fp32",
     prior_checkpoint: PriorOpt = None,
     bottom: BottomOpt = None,
     force: ForceOpt = False,
@@ -180,6 +193,7 @@ def decode(
             raise VQAudioError("--bottom: the bottom prior is for .vqa files of two-level codes")
         codec = load_codec(_newest(checkpoint), resolve_device(device))
         request = open_codes(codec, source, target, speaker, force)
+    _precision(codec.model, precision)
     with _bar("decode", request.num_samples, "samples") as update:
         info = decode_file(codec, request, target, force, temperature, seed, on_progress=update, backend=backend)  # type: ignore[arg-type]
     out.print(f"wrote {target} ({info.seconds:.2f} s at {info.sample_rate} Hz, speaker {info.speaker})")
@@ -194,6 +208,7 @@ def convert(
     temperature: Annotated[float, typer.Option("--temperature", help="sampling temperature; 0 = most likely")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="random seed for sampling")] = 0,
     backend: Annotated[str, typer.Option("--backend", help="auto, fast, plain or cuda-graph")] = "auto",
+    precision: PrecisionOpt = "fp32",
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -205,6 +220,7 @@ def convert(
 
     _check_backend(backend)
     codec = load_codec(_newest(checkpoint), resolve_device(device))
+    _precision(codec.model, precision)
     with _bar("convert", expected_samples(source, codec.sample_rate), "samples") as update:
         info = convert_file(codec, source, target, speaker, force, temperature, seed, update, backend)  # type: ignore[arg-type]
     out.print(f"wrote {target} ({info.seconds:.2f} s, voice of {info.speaker})", soft_wrap=True)
@@ -228,6 +244,7 @@ def sample(
     decoder_temperature: Annotated[float, typer.Option("--decoder-temperature", help="WaveNet decoder temperature")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="random seed")] = 0,
     backend: Annotated[str, typer.Option("--backend", help="generation back end: auto, fast, plain or cuda-graph")] = "auto",
+    precision: PrecisionOpt = "fp32",
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -243,6 +260,10 @@ def sample(
     kinds = ("image_prior",) if label is not None else ("code_prior", "image_prior") if speaker is None else ("code_prior",)
     chosen = _newest(checkpoint, kinds)
     first, second = load_prior_pair(chosen, resolve_device(device), bottom, vqvae, chosen=checkpoint is None, kinds=kinds)
+    for prior in (first, second):
+        if isinstance(prior, Prior):  # the priors and the decoder
+            _precision(prior.model, precision)
+            _precision(prior.codec.model, precision)
     if isinstance(first, Prior):
         files = sample_speech_files(first, second, out_dir, speaker, seconds, count, temperature, decoder_temperature,
                                     seed, backend, force, _bar)  # fmt: skip
@@ -265,6 +286,7 @@ def eval_command(
     temperature: Annotated[float, typer.Option("--temperature", help="decoder sampling temperature; 0 = most likely")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="random seed for sampling")] = 0,
     backend: Annotated[str, typer.Option("--backend", help="auto, fast, plain or cuda-graph")] = "auto",
+    precision: PrecisionOpt = "fp32",
     baselines: Annotated[
         str,
         typer.Option("--baselines", help="classical codecs beside the model: all, none, or some of opus6,opus8,opus12,codec2_1200,codec2_2400,codec2_3200"),
@@ -309,7 +331,9 @@ def eval_command(
 
     _check_backend(backend)
     chosen = "none" if no_baselines else baselines
-    options = EvalOptions(n_q, temperature, seed, backend, chosen, audio_dir=audio_dir, metrics=metrics)  # type: ignore[arg-type]
+    if precision not in ("fp32", "int8"):
+        raise VQAudioError(f"--precision {precision!r}: choose fp32 or int8")
+    options = EvalOptions(n_q, temperature, seed, backend, chosen, audio_dir=audio_dir, metrics=metrics, precision=precision)  # type: ignore[arg-type]
     targets = [t.strip() for t in to.split(",") if t.strip()] if to is not None else None
     request = EvalRequest(checkpoint, prior_checkpoint, bottom, data, json_out, options, max_clips, force, convert, targets, html_out)
     if checkpoint is None and prior_checkpoint is None:
@@ -479,6 +503,22 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="checkpoint file or run
     from vqaudio.inference.info import describe_checkpoint
 
     describe_checkpoint(checkpoint, out)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="audio VQ-VAE checkpoint or run folder")],
+    out_dir: Annotated[Path, typer.Argument(help="folder for the graphs and manifest.json")],
+    graph_format: Annotated[str, typer.Option("--format", help="onnx, or torchscript (.pt files)")] = "onnx",
+    force: Annotated[bool, typer.Option("--force", help="write into an existing non-empty folder")] = False,
+) -> None:
+    """Export a model as standalone graphs: encoder, and the conv decoder or the WaveNet's conditioning and step (docs/export.md)."""
+    from vqaudio.inference.export import export_model
+
+    with err.status(f"exporting {checkpoint} as {graph_format}"):
+        result = export_model(checkpoint, out_dir, graph_format, force)
+    for path in result.files:
+        out.print(f"wrote {path}", soft_wrap=True)
 
 
 @app.command("demo-clip")

@@ -125,6 +125,15 @@ class _WaveNetShape(_Strict):
     gate_channels: int = Field(128, ge=2)
     skip_channels: int = Field(128, ge=1)
     speaker_dim: int = Field(16, ge=0)
+    # Block-sparse dilated and output convolutions by gradual magnitude pruning (vqaudio.models.pruning):
+    # from optimiser step pruning_start to pruning_end, every pruning_every steps, the smallest
+    # sparsity_block blocks ((inputs, outputs) of the generation kernel's matrices) are zeroed
+    # until `sparsity` of them are. The fast CPU kernel skips the zero blocks. 0: dense.
+    sparsity: float = Field(0.0, ge=0, lt=1)
+    sparsity_block: tuple[int, int] = (1, 16)
+    pruning_start: int = Field(0, ge=0)
+    pruning_end: int | None = Field(None, ge=1)
+    pruning_every: int = Field(50, ge=1)
 
     @model_validator(mode="after")
     def _even_gate(self) -> _WaveNetShape:
@@ -132,6 +141,14 @@ class _WaveNetShape(_Strict):
             raise ValueError(f"{self.section}.gate_channels must be even (half tanh, half sigmoid)")
         if self.layers % self.stacks:
             raise ValueError(f"{self.section}.layers must be a multiple of {self.section}.stacks")
+        if self.sparsity > 0:
+            if self.pruning_end is None or self.pruning_end <= self.pruning_start:
+                raise ValueError(
+                    f"{self.section}.sparsity needs {self.section}.pruning_end, the step at which it is reached, "
+                    f"after {self.section}.pruning_start ({self.pruning_start})"
+                )
+            if min(self.sparsity_block) < 1:
+                raise ValueError(f"{self.section}.sparsity_block must be two positive sizes, not {list(self.sparsity_block)}")
         return self
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from vqaudio.evaluation.metrics import (
     optional_metrics_missing,
 )
 from vqaudio.generation.engine import Backend
+from vqaudio.generation.packed import Precision, int8_copy
 from vqaudio.inference.codec import decode_codes
 from vqaudio.inference.entropy import entropy_encode
 from vqaudio.inference.load import Codec, Prior
@@ -125,6 +126,7 @@ class EvalOptions:
     audio_dir: Path | None = None  # write reference and reconstructions here for listening
     metrics: str | None = None  # --metrics: a comma-separated subset of METRICS (None: all)
     listen: dict[tuple[str, str], np.ndarray] | None = None  # when a dict: every decoded clip, by (clip, system)
+    precision: Precision = "fp32"  # WaveNet weights for generation (vqaudio.generation.packed)
 
 
 def spread(values: list[float | None]) -> dict[str, float | int | None]:
@@ -221,6 +223,8 @@ def evaluate(
     top_bits = 0.0
     coded_bytes, estimated_bits = 0, 0.0
     rows: list[dict[str, Any]] = []
+    # the likelihood of the weights that generate: int8-rounded ones with --precision int8
+    nll_codec = replace(codec, model=int8_copy(codec.model)) if options.precision == "int8" else codec
     all_codes: list[np.ndarray] = []
     all_top: list[np.ndarray] = []
     nll_bits: float | None = 0.0
@@ -240,7 +244,7 @@ def evaluate(
             speaker, unknown_speakers = 0, unknown_speakers + 1
         decoded = decode_codes(codec, codes, speaker, clip.audio.size, options.temperature, options.seed, options.backend, top)
         rows.append(_measure(clip, decoded, MODEL_SYSTEM, sr, options))
-        clip_nll = decoder_nll_bits(codec, clip.audio, speaker, n_q)
+        clip_nll = decoder_nll_bits(nll_codec, clip.audio, speaker, n_q)
         if clip_nll is not None:
             nll_bits += clip_nll
             rows[-1]["nll_bits_per_sample"] = clip_nll / clip.audio.size
@@ -327,6 +331,7 @@ def evaluate(
         "n_q": n_q,
         "temperature": options.temperature,
         "seed": options.seed,
+        "precision": options.precision,
         "metrics": metrics,
         "codebook_usage": _usage(all_codes, codec.codebook_size),
         "top_codebook_usage": _usage(all_top, codec.top_codebook_size or 2) if all_top else None,

@@ -26,6 +26,7 @@ from vqaudio.evaluation.listening import build_page, write_page
 from vqaudio.evaluation.report import write_report
 from vqaudio.fileio import check_writable
 from vqaudio.formats.images import grid, save_png
+from vqaudio.generation.packed import set_precision
 from vqaudio.inference.load import (
     PRIOR_KINDS,
     Codec,
@@ -90,6 +91,7 @@ def run_eval(request: EvalRequest, device: torch.device, progress: Progress | No
         assert isinstance(first, Codec)
         codec = first
     codec.check_n_q(options.n_q)
+    set_precision(codec.model, options.precision)
     with bar("prepare data", None, "files") as update:
         clips, description = select_clips(request.data, codec.recipe, codec.sample_rate, codec.speakers, update)
     clips = clips[: request.max_clips] if request.max_clips else clips

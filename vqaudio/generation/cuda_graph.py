@@ -9,8 +9,6 @@ then computed on the device too.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from vqaudio.generation.wavenet_step import RingSlots, StepWeights, choose, step
@@ -23,6 +21,9 @@ def cuda_graph_problem(net: WaveNet) -> str | None:
         return "CUDA is not available"
     if net.device.type != "cuda":
         return f"the model is on {net.device}, not a CUDA device"
+    dtype = net.head[1].weight.dtype
+    if dtype != torch.float32:
+        return f"the model's weights are {dtype}; the captured step runs float32 models"
     return None
 
 
@@ -42,20 +43,24 @@ class CudaGraphBackend:
         self.bias = torch.zeros(batch, len(net.convs) * net.gate_channels, device=device)
         self.noise = torch.zeros(batch, net.noise_width, device=device)
         self.inv_temperature = torch.ones((), device=device)
+        self.greedy = torch.zeros((), dtype=torch.bool, device=device)
         self.graph = None
         self.started = False
         if use_graph:
-            stream = torch.cuda.Stream(device=device)
-            stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream):
-                for _ in range(3):  # warm up kernels and allocator outside the capture
-                    self._step()
-            torch.cuda.current_stream(device).wait_stream(stream)
-            self._reset()
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits, self.next = self._step()
-            self._reset()
+            # Everything on the model's GPU, which need not be the current one: the side stream
+            # for warm-up and the capture stream (torch.cuda.graph's default is made on the current GPU).
+            with torch.cuda.device(device):
+                stream = torch.cuda.Stream(device=device)
+                stream.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(stream):
+                    for _ in range(3):  # warm up kernels and allocator outside the capture
+                        self._step()
+                torch.cuda.current_stream(device).wait_stream(stream)
+                self._reset()
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device=device)):
+                    self.logits, self.next = self._step()
+                self._reset()
 
     def _reset(self) -> None:
         self.history.zero_()
@@ -64,6 +69,8 @@ class CudaGraphBackend:
     def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
         logits = step(self.weights, self.slots, self.history, self.position, self.prev, self.bias)
         chosen = choose(self.net, logits, self.noise, self.inv_temperature)
+        if self.net.mixtures:  # a graph has one control flow: compute the greedy choice too and select
+            chosen = torch.where(self.greedy, choose(self.net, logits, None, self.inv_temperature), chosen)
         self.prev.copy_(chosen)
         self.position.add_(1)
         return logits, chosen
@@ -73,10 +80,9 @@ class CudaGraphBackend:
             self.prev.copy_(prev)
             self.started = True
         self.inv_temperature.fill_(1.0 if greedy else inv_temperature)
-        if greedy:  # noise that makes the captured sampling greedy: no Gumbel, and the logistic's median
+        self.greedy.fill_(greedy)
+        if greedy:  # categorical: no Gumbel noise is the argmax (mixtures select their greedy choice)
             self.noise.zero_()
-            if self.net.mixtures:
-                self.noise[:, -1] = -math.log(math.log(2.0))
         classes = torch.empty(prev.shape[0], n, dtype=torch.long, device=prev.device)
         logits_out = torch.empty(prev.shape[0], n, self.net.out_channels, device=prev.device) if record else None
         for s in range(n):

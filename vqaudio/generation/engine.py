@@ -22,7 +22,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from vqaudio.generation import fast_cpu
+from vqaudio.generation import fast_cpu, packed
+from vqaudio.generation.packed import Precision
 from vqaudio.generation.wavenet_step import Stepper, StepWeights, choose
 from vqaudio.models.wavenet import WaveNet
 
@@ -62,14 +63,33 @@ class _PlainBackend:
 
 
 class _FastCpuBackend:
-    """The fused numba kernel, reading the step's weights laid out once (`StepWeights.numpy`)."""
+    """The fused numba kernel, reading the step's weights laid out once (`StepWeights.numpy`),
+    its layers' matrices dense or in block rows (`packed`): block rows for int8 weights, and for
+    float32 ones when at least `SPARSE_FROM` of their blocks are zero (a pruned decoder)."""
 
     name = "fast"
+    SPARSE_FROM = 0.25
 
-    def __init__(self, net: WaveNet, batch: int) -> None:
+    def __init__(self, net: WaveNet, batch: int, precision: Precision = "fp32") -> None:
         weights = StepWeights.from_wavenet(net)
         self.kernel_size = weights.kernel_size
         self.arrays = weights.numpy()
+        preferred = net.pruning.block[1] if net.pruning is not None else None
+        width = packed.block_width(weights.gate, weights.out_w.shape[2], preferred=preferred)
+        zeros = min(packed.zero_block_fraction(weights.conv, width), packed.zero_block_fraction(weights.out_w, width))
+        self.blocks = precision == "int8" or zeros >= self.SPARSE_FROM
+        self.density = 1.0
+        if self.blocks:
+            conv, out = packed.pack(weights.conv, width, precision), packed.pack(weights.out_w, width, precision)
+            self.density = (conv.vals.size + out.vals.size) / (weights.conv.numel() + weights.out_w.numel())
+            self.arrays.update(conv_w=np.zeros((1, 1, 1), np.float32), out_w=np.zeros((1, 1, 1), np.float32))
+            self.packed = (
+                conv.start, conv.rows, conv.cols, conv.vals, conv.scale, out.start, out.rows, out.cols, out.vals, out.scale
+            )  # fmt: skip
+        else:
+            start, index = np.zeros(len(weights.dilations) + 1, np.int64), np.zeros(1, np.uint32)
+            vals, scale = np.zeros((1, 1), np.float32), np.zeros((len(weights.dilations), 1), np.float32)
+            self.packed = (start, index, index, vals, scale, start, index, index, vals, scale)
         self.history = np.zeros((batch, sum(weights.spans), weights.residual), dtype=np.float32)
         self.classes = weights.classes
         self.mixtures = net.mixtures
@@ -88,11 +108,14 @@ class _FastCpuBackend:
             w["embed"], w["conv_w"], w["out_w"], w["out_b"], w["head_w1"], w["head_b1"], w["head_w2"], w["head_b2"],
             bias.numpy(), frame0, hop, w["dilations"], w["offsets"], w["spans"], self.kernel_size, self.history,
             noise_np, np.float32(inv_temperature), greedy, out, logits, record, self.threads, self.mixtures,
+            self.blocks, *self.packed,
         )  # fmt: skip
         return torch.from_numpy(out), (torch.from_numpy(logits) if record else None), torch.from_numpy(prev_np)
 
 
-def _choose_backend(net: WaveNet, batch: int, backend: Backend):
+def _choose_backend(net: WaveNet, batch: int, backend: Backend, precision: Precision = "fp32"):
+    if precision not in packed.PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(packed.PRECISIONS)}")
     device = net.device
     wanted = backend
     if backend == "auto":
@@ -101,10 +124,13 @@ def _choose_backend(net: WaveNet, batch: int, backend: Backend):
         problem = fast_cpu.available() or (None if device.type == "cpu" else f"the model is on {device}, not the CPU")
         if problem is None:
             try:
-                return _FastCpuBackend(net, batch)
+                return _FastCpuBackend(net, batch, precision)
             except Exception as exc:  # noqa: BLE001 - any failure here means: use the plain path
                 problem = f"{type(exc).__name__}: {exc}"
         warnings.warn(f"fast CPU generation unavailable ({problem}); using the plain PyTorch path", stacklevel=3)
+    if precision == "int8":  # the other back ends compute with the rounded weights `fast` stores as int8
+        net = packed.int8_wavenet(net)
+    if wanted == "fast":
         return _PlainBackend(net, batch)
     if wanted == "cuda-graph":
         from vqaudio.generation.cuda_graph import CudaGraphBackend, cuda_graph_problem
@@ -129,14 +155,17 @@ def iter_generate(
     backend: Backend = "auto",
     block: int = 512,
     record_logits: bool = False,
+    precision: Precision | None = None,
 ) -> Iterator[GeneratedBlock]:
     """Yield blocks of generated classes until `length` positions exist for every sequence.
 
     `cond` is local conditioning [B, C, frames] or a function giving frames [f0, f1) on demand
     (bounded memory for long outputs). Temperature 0 picks the most likely class at every step.
+    `precision` "int8": the layers' weights rounded to int8 per output channel (`packed`); None:
+    the net's `generation_precision`.
     """
     device = net.device
-    runner = _choose_backend(net, batch, backend)
+    runner = _choose_backend(net, batch, backend, precision or net.generation_precision)  # type: ignore[arg-type]
     hop = net.hop if cond is not None else _NO_HOP
     cond_fn = (lambda f0, f1: cond[:, :, f0:f1]) if isinstance(cond, torch.Tensor) else cond
     greedy = temperature <= 0
@@ -181,12 +210,14 @@ def generate(
     backend: Backend = "auto",
     record_logits: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    precision: Precision | None = None,
 ) -> Generated:
     """Generate `length` positions for each of `batch` sequences and return them all at once."""
     blocks = []
     iterator = iter_generate(
-        net, length, batch, cond, global_cond, first_input, temperature, generator, backend, record_logits=record_logits
-    )
+        net, length, batch, cond, global_cond, first_input, temperature, generator, backend,
+        record_logits=record_logits, precision=precision,
+    )  # fmt: skip
     for block in iterator:
         blocks.append(block)
         if on_progress is not None:

@@ -33,6 +33,7 @@ from vqaudio.models.image_vae import ImageVAE
 from vqaudio.models.image_vqvae import ImageVQVAE
 from vqaudio.models.image_vqvae2 import ImageVQVAE2
 from vqaudio.models.pixelcnn import GatedPixelCNN, PixelCNNPrior
+from vqaudio.models.pruning import PruningSchedule
 from vqaudio.models.quantizer import VectorQuantizer
 from vqaudio.models.residual_quantizer import ResidualVectorQuantizer
 from vqaudio.models.spectral_loss import SpectralLoss
@@ -42,6 +43,7 @@ from vqaudio.recipe import (
     AudioModelConfig,
     AudioRecipe,
     CodePriorRecipe,
+    DecoderConfig,
     ImageModelConfig,
     ImagePriorRecipe,
     ImageRecipe,
@@ -112,8 +114,18 @@ def build_audio_vqvae(config: AudioModelConfig, num_speakers: int, spectral_loss
         global_channels=dec.speaker_dim,
         hop=encoder.hop,
         mixtures=dec.mixtures if dec.output == "mol" else 0,
+        pruning=pruning_schedule(dec),
     )
     return AudioVQVAE(encoder, quantizer, top_level, speaker_embedding, cond_net, decoder, pre_emphasis=dec.pre_emphasis)
+
+
+def pruning_schedule(config: DecoderConfig | WaveNetPriorConfig) -> PruningSchedule | None:
+    """The WaveNet's block pruning as its recipe section sets it; None when dense."""
+    if config.sparsity <= 0:
+        return None
+    assert config.pruning_end is not None  # the recipe's validator requires it
+    block = (int(config.sparsity_block[0]), int(config.sparsity_block[1]))
+    return PruningSchedule(config.sparsity, block, config.pruning_start, config.pruning_end, config.pruning_every)
 
 
 def build_spectral_loss(config: TrainConfig, sample_rate: int) -> SpectralLoss:
@@ -152,6 +164,7 @@ def build_code_prior(
         condition_codes=condition_codes,
         condition_ratio=ratio,
         condition_blocks=config.condition_blocks,
+        pruning=pruning_schedule(config),
     )
 
 

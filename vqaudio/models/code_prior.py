@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqaudio.models.encoder import DilatedResidual
+from vqaudio.models.pruning import PruningSchedule
 from vqaudio.models.wavenet import WaveNet
 
 IGNORE = -1  # padding in code batches: excluded from the loss
@@ -43,6 +44,7 @@ class CodePrior(nn.Module):
         condition_codes: int = 0,
         condition_ratio: int = 1,
         condition_blocks: int = 4,
+        pruning: PruningSchedule | None = None,
     ) -> None:
         super().__init__()
         self.codebook_size = codebook_size
@@ -69,6 +71,7 @@ class CodePrior(nn.Module):
             global_channels=speaker_dim,
             cond_channels=residual_channels if condition_codes else 0,
             hop=condition_ratio * n_q,  # one top frame covers `ratio` frames of n_q tokens
+            pruning=pruning,
         )
         self.mask_start_logit()
 

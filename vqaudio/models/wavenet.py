@@ -14,6 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqaudio.models.pruning import (
+    PruningSchedule,
+    block_grid,
+    conv_matrix,
+    magnitude_mask,
+    mask_conv_weight,
+)
+
 HALF_SQRT = math.sqrt(0.5)  # keeps the residual stream's variance from growing layer by layer
 
 
@@ -60,10 +68,12 @@ class WaveNet(nn.Module):
         global_channels: int = 0,
         hop: int = 1,
         mixtures: int = 0,
+        pruning: PruningSchedule | None = None,
     ) -> None:
         """`mixtures` > 0: the output is a discretised mixture of that many logistics over
         `num_classes` evenly spaced sample values (3 x mixtures channels), and the input is the
-        previous sample's value; 0: `num_classes` logits over categories."""
+        previous sample's value; 0: `num_classes` logits over categories. `pruning`: make the
+        dilated and output convolutions block-sparse while training (`vqaudio.models.pruning`)."""
         super().__init__()
         if gate_channels % 2:
             raise ValueError("gate_channels must be even")
@@ -95,6 +105,32 @@ class WaveNet(nn.Module):
         self.head = nn.Sequential(
             nn.ReLU(), nn.Conv1d(skip_channels, skip_channels, 1), nn.ReLU(), nn.Conv1d(skip_channels, self.out_channels, 1)
         )
+        self.pruning = pruning
+        # The weights generation computes with ("fp32" or "int8", vqaudio.generation.packed); set
+        # after loading (`vqaudio decode --precision`), never saved.
+        self.generation_precision = "fp32"
+        if pruning is not None:  # block masks, saved with the weights so a resumed run keeps them
+            conv_grid = block_grid(kernel_size * residual_channels, gate_channels, pruning.block)
+            out_grid = block_grid(gate_channels // 2, residual_channels + skip_channels, pruning.block)
+            self.register_buffer("conv_masks", torch.ones(layers, *conv_grid, dtype=torch.bool))
+            self.register_buffer("out_masks", torch.ones(layers, *out_grid, dtype=torch.bool))
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int) -> None:
+        """Training calls this after optimiser step `step` (counted from 1): on the schedule's
+        steps the masks drop the smallest blocks, and the masks are applied to the weights."""
+        if self.pruning is None:
+            return
+        schedule = self.pruning
+        pairs = [(self.convs, self.conv_masks), (self.outs, self.out_masks)]
+        if schedule.updates_at(step):
+            target = schedule.target(step)
+            for convs, masks in pairs:
+                for index, conv in enumerate(convs):
+                    masks[index] = magnitude_mask(conv_matrix(conv.weight), schedule.block, target)
+        for convs, masks in pairs:
+            for index, conv in enumerate(convs):
+                conv.weight.mul_(mask_conv_weight(conv.weight, masks[index], schedule.block))
 
     @property
     def device(self) -> torch.device:

@@ -124,6 +124,8 @@ class AdamStep:
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(config))
+        # Modules that constrain their weights after every optimiser step (a pruned WaveNet's masks)
+        self.constrained = [m for m in model.modules() if callable(getattr(m, "after_optimizer_step", None))]
 
     def step(self, batches: MicroBatches) -> Metrics:
         self.optimizer.zero_grad(set_to_none=True)
@@ -132,6 +134,8 @@ class AdamStep:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        for module in self.constrained:  # the scheduler has counted the steps taken, resumed runs included
+            module.after_optimizer_step(self.scheduler.last_epoch)
         return combined
 
     def last_lr(self) -> float:
