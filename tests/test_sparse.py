@@ -225,3 +225,16 @@ def test_decode_and_eval_take_int8_weights_from_the_cli(trained, tmp_path, capsy
     code, output = run_main(capsys, "decode", str(tmp_path / "codes.npy"), str(tmp_path / "x.wav"), "-c", str(checkpoint),
                             "--precision", "fp16")  # fmt: skip
     assert code == 2 and output.strip() == "error: --precision 'fp16': choose fp32 or int8"
+
+
+def test_a_pruned_block_never_returns_however_the_step_moved_it():
+    """The optimiser moves pruned weights between updates; the mask goes on before the ranking."""
+    net = make_net(sparsity=0.5)
+    net.pruning = PruningSchedule(0.75, (1, 16), 0, 4, 2)
+    before = net.conv_masks.clone()
+    with torch.no_grad():
+        for conv in net.convs:
+            conv.weight.add_(10.0)  # a step that makes every pruned block the largest
+    net.after_optimizer_step(2)
+    assert not (net.conv_masks & ~before).any()  # only blocks alive before may be kept
+    assert zero_block_fraction(conv_matrix(net.convs[0].weight), (1, 16)) == pytest.approx(net.pruning.target(2))

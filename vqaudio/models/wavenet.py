@@ -117,20 +117,26 @@ class WaveNet(nn.Module):
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> None:
-        """Training calls this after optimiser step `step` (counted from 1): on the schedule's
-        steps the masks drop the smallest blocks, and the masks are applied to the weights."""
+        """Training calls this after optimiser step `step` (counted from 1): the masks are
+        applied to the weights (the step moved pruned ones), then on the schedule's steps they
+        drop the smallest of the remaining blocks. Pruned blocks, zero when ranked, never return."""
         if self.pruning is None:
             return
         schedule = self.pruning
         pairs = [(self.convs, self.conv_masks), (self.outs, self.out_masks)]
+
+        def apply() -> None:
+            for convs, masks in pairs:
+                for index, conv in enumerate(convs):
+                    conv.weight.mul_(mask_conv_weight(conv.weight, masks[index], schedule.block))
+
+        apply()
         if schedule.updates_at(step):
             target = schedule.target(step)
             for convs, masks in pairs:
                 for index, conv in enumerate(convs):
                     masks[index] = magnitude_mask(conv_matrix(conv.weight), schedule.block, target)
-        for convs, masks in pairs:
-            for index, conv in enumerate(convs):
-                conv.weight.mul_(mask_conv_weight(conv.weight, masks[index], schedule.block))
+            apply()
 
     @property
     def device(self) -> torch.device:
