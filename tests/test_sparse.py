@@ -238,3 +238,32 @@ def test_a_pruned_block_never_returns_however_the_step_moved_it():
     net.after_optimizer_step(2)
     assert not (net.conv_masks & ~before).any()  # only blocks alive before may be kept
     assert zero_block_fraction(conv_matrix(net.convs[0].weight), (1, 16)) == pytest.approx(net.pruning.target(2))
+
+
+def test_info_describes_a_sparse_decoder():
+    from vqaudio.inference.info import describe_decoder
+
+    data = tiny_dict()
+    data["model"]["decoder"].update(sparsity=0.9, pruning_start=200, pruning_end=1000)
+    text = describe_decoder(validate_recipe(data, "tiny").model)
+    assert text.endswith("90% block-sparse (1 x 16 blocks, pruned from step 200 to 1000)")
+    assert "sparse" not in describe_decoder(validate_recipe(tiny_dict(), "tiny").model)
+
+
+def test_the_benchmarks_paper_decoder_is_the_recipes_pruned_to_its_final_sparsity():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_generate.py"
+    spec = importlib.util.spec_from_file_location("bench_generate", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    net, dense = bench.paper_decoder(), bench.paper_decoder(dense=True)
+    assert (len(net.convs), net.residual_channels, net.gate_channels, net.skip_channels) == (30, 128, 256, 128)
+    assert net.pruning is not None and dense.pruning is None
+    for m in step_matrices(net):
+        assert zero_block_fraction(m, net.pruning.block) == pytest.approx(net.pruning.sparsity, abs=1e-3)
+    # 30 layers x (kernel 2 x 128 -> 256 gate, 128 -> 128 + 128) + the head: the 3.0 M the docs quote
+    assert bench.multiply_adds(dense) == 30 * (2 * 128 * 256 + 128 * 256) + 128 * 128 + 128 * 256
+    runner = engine._choose_backend(net, 1, "fast")
+    assert runner.blocks and runner.density == pytest.approx(0.1, abs=1e-3)

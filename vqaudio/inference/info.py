@@ -69,7 +69,11 @@ def describe_decoder(model: AudioModelConfig) -> str:
         return f"conv, {dec.channels} channels, upsampling {' x '.join(map(str, strides))}, {dec.activation}"
     output = f"mixture of {dec.mixtures} logistics over 16-bit samples" if dec.output == "mol" else f"{dec.quantization_channels} μ-law classes"
     emphasis = f", pre-emphasis {dec.pre_emphasis}" if dec.pre_emphasis else ""
-    return f"WaveNet, {dec.layers} layers, {output}{emphasis}"
+    sparse = ""
+    if dec.sparsity:
+        rows, cols = dec.sparsity_block
+        sparse = f", {dec.sparsity:.0%} block-sparse ({rows} x {cols} blocks, pruned from step {dec.pruning_start} to {dec.pruning_end})"
+    return f"WaveNet, {dec.layers} layers, {output}{emphasis}{sparse}"
 
 
 def describe_quantizer(model: AudioModelConfig) -> str:
