@@ -166,10 +166,7 @@ class ConvDecoderGraph(nn.Module):
         self.model = model
 
     def forward(self, codes: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        top_codes, speaker = _split_rest(model, rest)
-        speaker_vector = model.speaker_embedding(speaker) if model.speaker_embedding is not None else None
-        return model.decoder(features(model, codes, top_codes), speaker_vector).clamp(-1.0, 1.0)
+        return self.model.decoder(*_decoder_inputs(self.model, codes, rest)).clamp(-1.0, 1.0)
 
 
 class ConditioningGraph(nn.Module):
@@ -181,20 +178,21 @@ class ConditioningGraph(nn.Module):
         self.model = model
 
     def forward(self, codes: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        top_codes, speaker = _split_rest(model, rest)
-        speaker_vector = model.speaker_embedding(speaker) if model.speaker_embedding is not None else None
-        decoder = model.decoder
+        decoder = self.model.decoder
         assert isinstance(decoder, WaveNet)
-        return decoder.frame_bias(features(model, codes, top_codes), speaker_vector, codes.shape[0])
+        return decoder.frame_bias(*_decoder_inputs(self.model, codes, rest), codes.shape[0])
 
 
-def _split_rest(model: AudioVQVAE, rest: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(top codes, speaker) from the inputs after the codes, in that order, each present when the model has it."""
+def _decoder_inputs(
+    model: AudioVQVAE, codes: torch.Tensor, rest: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the decoder's features, the speaker vector) from the codes and the inputs after them: top
+    codes, then the speaker index, each present when the model has it."""
     items = list(rest)
     top_codes = items.pop(0) if model.top is not None else None
     speaker = items.pop(0) if model.speaker_embedding is not None else None
-    return top_codes, speaker
+    speaker_vector = model.speaker_embedding(speaker) if model.speaker_embedding is not None else None
+    return features(model, codes, top_codes), speaker_vector
 
 
 class StepGraph(nn.Module):
