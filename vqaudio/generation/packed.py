@@ -1,13 +1,13 @@
 """The fused kernel's compact weight formats: block-sparse rows, and int8 with per-channel scales.
 
 A WaveNet layer's two matrices (`wavenet_step`'s input-major [kernel * residual, gate] and
-[gate / 2, residual + skip]) are stored by input row as blocks of `width` consecutive outputs;
-blocks that are all zero are left out, so a decoder pruned in blocks of 1 x width
+[gate / 2, residual + skip]) are stored as one flat list of blocks of `width` consecutive
+outputs of one input, row after row; blocks that are all zero are left out, so a decoder pruned in blocks of 1 x width
 (`vqaudio.models.pruning`) costs its density. The values are float32, or int8 with one scale per
 output channel (symmetric: scale = max |w| / 127 over the channel's inputs), which quarters the
 bytes read per sample; the kernel accumulates in float32 and scales each output once.
 
-`int8_wavenet` is the same rounding applied to a copy of the model: the float network whose
+`int8_copy` (`int8_wavenet`) is the same rounding applied to a copy of the model: the float network whose
 teacher-forced pass the int8 kernel reproduces (within float32 rounding). Generation with
 `precision="int8"` runs that network on every back end, so the back ends still agree exactly and
 the cost of int8 is a property of the model (its logits against the float32 model's) that
