@@ -99,7 +99,7 @@ def paper_exactness(net: WaveNet, precision: str, samples: int = 1024, batch: in
                     record_logits=True, precision=precision)  # fmt: skip
         for b in ("plain", "fast")
     }
-    computed = packed.int8_wavenet(net) if precision == "int8" else net
+    computed = packed.int8_copy(net) if precision == "int8" else net
     diff = (runs["fast"].logits - teacher_forced(computed, runs["fast"].classes, cond, speaker)).abs().max().item()
     return diff <= 1e-4, diff, torch.equal(runs["plain"].classes, runs["fast"].classes)
 
@@ -108,7 +108,7 @@ def int8_logit_error(net: WaveNet, samples: int = 1024, batch: int = 2) -> float
     """The largest |logit difference| between int8 and float32 weights on the same (sampled) inputs."""
     cond, speaker = conditioning(batch, samples, net)
     classes = generate(net, samples, batch, cond, speaker, generator=torch.Generator().manual_seed(4), backend="fast").classes
-    return (teacher_forced(packed.int8_wavenet(net), classes, cond, speaker) - teacher_forced(net, classes, cond, speaker)).abs().max().item()
+    return (teacher_forced(packed.int8_copy(net), classes, cond, speaker) - teacher_forced(net, classes, cond, speaker)).abs().max().item()
 
 
 def multiply_adds(net: WaveNet) -> int:

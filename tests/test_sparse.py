@@ -111,7 +111,7 @@ def test_fast_and_plain_agree_for_every_weight_format(precision, sparsity):
 
 def test_int8_generation_is_the_rounded_networks_teacher_forced_pass():
     net = make_net(sparsity=0.5)
-    rounded = packed.int8_wavenet(net)
+    rounded = packed.int8_copy(net)
     c, g = conditioning(2, 300)
     out = generate(net, 300, 2, c, g, generator=torch.Generator().manual_seed(1), backend="fast", record_logits=True,
                    precision="int8")  # fmt: skip
@@ -120,7 +120,7 @@ def test_int8_generation_is_the_rounded_networks_teacher_forced_pass():
     for a, b in zip(step_matrices(net), step_matrices(rounded)):
         assert (b[a == 0] == 0).all()
         assert (a - b).abs().max() <= a.abs().amax(dim=0).max() / 254 + 1e-7  # half a step of the per-channel scale
-    twice = packed.int8_wavenet(rounded)
+    twice = packed.int8_copy(rounded)
     for a, b in zip(step_matrices(rounded), step_matrices(twice)):
         assert torch.allclose(a, b, atol=1e-7, rtol=0)
 
@@ -130,7 +130,7 @@ def test_int8_logit_error_is_small_against_float32():
     net = make_net(sparsity=0.0)
     c, g = conditioning(2, 400)
     full = generate(net, 400, 2, c, g, temperature=0, backend="fast", record_logits=True)
-    reference = teacher_forced_logits(packed.int8_wavenet(net), full.classes, c, g)
+    reference = teacher_forced_logits(packed.int8_copy(net), full.classes, c, g)
     error = (reference - full.logits).abs().max().item()
     assert 0 < error < 0.02 * full.logits.std().item()
 

@@ -47,13 +47,11 @@ def _bar(description: str, total: int | None, unit: str):
     return progress_bar(description, total, unit)
 
 
-def _precision(model, precision: str) -> None:
-    """--precision: the weights every WaveNet of `model` generates with."""
-    from vqaudio.generation.packed import PRECISIONS, set_precision
+def _check_precision(precision: str) -> None:
+    from vqaudio.generation.packed import PRECISIONS
 
     if precision not in PRECISIONS:
         raise VQAudioError(f"--precision {precision!r}: choose {' or '.join(PRECISIONS)}")
-    set_precision(model, precision)  # type: ignore[arg-type]
 
 
 def _check_backend(backend: str) -> None:
@@ -176,12 +174,14 @@ def decode(
     from vqaudio.device import resolve_device
     from vqaudio.fileio import check_writable
     from vqaudio.formats.vqa import is_vqa
+    from vqaudio.generation.packed import set_precision
     from vqaudio.inference.codec import decode_file, open_codes
     from vqaudio.inference.entropy import open_vqa
     from vqaudio.inference.load import load_codec
     from vqaudio.inference.priors import load_prior_pair
 
     _check_backend(backend)
+    _check_precision(precision)
     if is_vqa(source):
         check_writable(target, force)
         chosen = _newest(prior_checkpoint, ("code_prior",), "--prior")
@@ -193,7 +193,7 @@ def decode(
             raise VQAudioError("--bottom: the bottom prior is for .vqa files of two-level codes")
         codec = load_codec(_newest(checkpoint), resolve_device(device))
         request = open_codes(codec, source, target, speaker, force)
-    _precision(codec.model, precision)
+    set_precision(codec.model, precision)  # type: ignore[arg-type]
     with _bar("decode", request.num_samples, "samples") as update:
         info = decode_file(codec, request, target, force, temperature, seed, on_progress=update, backend=backend)  # type: ignore[arg-type]
     out.print(f"wrote {target} ({info.seconds:.2f} s at {info.sample_rate} Hz, speaker {info.speaker})")
@@ -215,12 +215,14 @@ def convert(
     """Voice conversion: encode a recording and decode its codes as another speaker."""
     from vqaudio.audio.io import expected_samples
     from vqaudio.device import resolve_device
+    from vqaudio.generation.packed import set_precision
     from vqaudio.inference.codec import convert_file
     from vqaudio.inference.load import load_codec
 
     _check_backend(backend)
+    _check_precision(precision)
     codec = load_codec(_newest(checkpoint), resolve_device(device))
-    _precision(codec.model, precision)
+    set_precision(codec.model, precision)  # type: ignore[arg-type]
     with _bar("convert", expected_samples(source, codec.sample_rate), "samples") as update:
         info = convert_file(codec, source, target, speaker, force, temperature, seed, update, backend)  # type: ignore[arg-type]
     out.print(f"wrote {target} ({info.seconds:.2f} s, voice of {info.speaker})", soft_wrap=True)
@@ -250,11 +252,13 @@ def sample(
 ) -> None:
     """Generate: sample codes from a learned prior and decode them (speech with --speaker, images with --label)."""
     from vqaudio.device import resolve_device
+    from vqaudio.generation.packed import set_precision
     from vqaudio.inference.load import Prior
     from vqaudio.inference.priors import load_prior_pair
     from vqaudio.inference.sampling import sample_image_grid, sample_speech_files
 
     _check_backend(backend)
+    _check_precision(precision)
     if speaker is not None and label is not None:
         raise VQAudioError("--speaker is for speech priors and --label for image priors; give one")
     kinds = ("image_prior",) if label is not None else ("code_prior", "image_prior") if speaker is None else ("code_prior",)
@@ -262,8 +266,8 @@ def sample(
     first, second = load_prior_pair(chosen, resolve_device(device), bottom, vqvae, chosen=checkpoint is None, kinds=kinds)
     for prior in (first, second):
         if isinstance(prior, Prior):  # the priors and the decoder
-            _precision(prior.model, precision)
-            _precision(prior.codec.model, precision)
+            set_precision(prior.model, precision)  # type: ignore[arg-type]
+            set_precision(prior.codec.model, precision)  # type: ignore[arg-type]
     if isinstance(first, Prior):
         files = sample_speech_files(first, second, out_dir, speaker, seconds, count, temperature, decoder_temperature,
                                     seed, backend, force, _bar)  # fmt: skip
@@ -331,8 +335,7 @@ def eval_command(
 
     _check_backend(backend)
     chosen = "none" if no_baselines else baselines
-    if precision not in ("fp32", "int8"):
-        raise VQAudioError(f"--precision {precision!r}: choose fp32 or int8")
+    _check_precision(precision)
     options = EvalOptions(n_q, temperature, seed, backend, chosen, audio_dir=audio_dir, metrics=metrics, precision=precision)  # type: ignore[arg-type]
     targets = [t.strip() for t in to.split(",") if t.strip()] if to is not None else None
     request = EvalRequest(checkpoint, prior_checkpoint, bottom, data, json_out, options, max_clips, force, convert, targets, html_out)

@@ -25,6 +25,7 @@ import torch
 from vqaudio.generation import fast_cpu, packed
 from vqaudio.generation.packed import Precision
 from vqaudio.generation.wavenet_step import Stepper, StepWeights, choose
+from vqaudio.models.pruning import zero_block_fraction
 from vqaudio.models.wavenet import WaveNet
 
 Backend = Literal["auto", "plain", "fast", "cuda-graph"]
@@ -76,7 +77,7 @@ class _FastCpuBackend:
         self.arrays = weights.numpy()
         preferred = net.pruning.block[1] if net.pruning is not None else None
         width = packed.block_width(weights.gate, weights.out_w.shape[2], preferred=preferred)
-        zeros = min(packed.zero_block_fraction(weights.conv, width), packed.zero_block_fraction(weights.out_w, width))
+        zeros = min(zero_block_fraction(m.reshape(-1, m.shape[-1]), (1, width)) for m in (weights.conv, weights.out_w))
         self.blocks = precision == "int8" or zeros >= self.SPARSE_FROM
         self.density = 1.0
         if self.blocks:
@@ -129,7 +130,7 @@ def _choose_backend(net: WaveNet, batch: int, backend: Backend, precision: Preci
                 problem = f"{type(exc).__name__}: {exc}"
         warnings.warn(f"fast CPU generation unavailable ({problem}); using the plain PyTorch path", stacklevel=3)
     if precision == "int8":  # the other back ends compute with the rounded weights `fast` stores as int8
-        net = packed.int8_wavenet(net)
+        net = packed.int8_copy(net)
     if wanted == "fast":
         return _PlainBackend(net, batch)
     if wanted == "cuda-graph":

@@ -7,7 +7,7 @@ outputs of one input, row after row; blocks that are all zero are left out, so a
 output channel (symmetric: scale = max |w| / 127 over the channel's inputs), which quarters the
 bytes read per sample; the kernel accumulates in float32 and scales each output once.
 
-`int8_copy` (`int8_wavenet`) is the same rounding applied to a copy of the model: the float network whose
+`int8_copy` is the same rounding applied to a copy of the model: the float network whose
 teacher-forced pass the int8 kernel reproduces (within float32 rounding). Generation with
 `precision="int8"` runs that network on every back end, so the back ends still agree exactly and
 the cost of int8 is a property of the model (its logits against the float32 model's) that
@@ -41,12 +41,6 @@ class BlockRows:
     cols: np.ndarray  # [blocks] uint32: the block's first output column / width
     vals: np.ndarray  # [blocks, width] float32 or int8
     scale: np.ndarray  # [layers, outputs] float32 for int8 values; [layers, 0] for float32 ones (unscaled)
-    shape: tuple[int, int, int]  # the matrices' [layers, inputs, outputs]
-
-    @property
-    def density(self) -> float:
-        """The fraction of the matrices' weights that is stored."""
-        return self.vals.size / float(np.prod(self.shape))
 
 
 def int8_scales(matrices: torch.Tensor) -> torch.Tensor:
@@ -83,7 +77,7 @@ def pack(matrices: torch.Tensor, width: int, precision: Precision) -> BlockRows:
     start = np.concatenate([[0], np.cumsum(keep.reshape(layers, -1).sum(axis=1))]).astype(np.int64)
     return BlockRows(
         start, rows.astype(np.uint32), cols.astype(np.uint32), np.ascontiguousarray(blocks[keep]),
-        np.ascontiguousarray(scale, dtype=np.float32), (layers, inputs, outputs),
+        np.ascontiguousarray(scale, dtype=np.float32),
     )  # fmt: skip
 
 
@@ -103,11 +97,6 @@ def int8_copy(module: M) -> M:
     return rounded
 
 
-def int8_wavenet(net: WaveNet) -> WaveNet:
-    """`int8_copy` of one WaveNet."""
-    return int8_copy(net)
-
-
 def set_precision(model: torch.nn.Module, precision: Precision) -> None:
     """Generate with `precision` weights in every WaveNet inside `model` (a decoder, a prior)."""
     if precision not in PRECISIONS:
@@ -115,10 +104,3 @@ def set_precision(model: torch.nn.Module, precision: Precision) -> None:
     for module in model.modules():
         if isinstance(module, WaveNet):
             module.generation_precision = precision
-
-
-def zero_block_fraction(matrices: torch.Tensor, width: int) -> float:
-    """The fraction of width-wide output blocks of [layers, inputs, outputs] matrices that are all zero."""
-    layers, inputs, outputs = matrices.shape
-    blocks = matrices.detach().reshape(layers, inputs, outputs // width, width)
-    return float((blocks == 0).all(dim=-1).float().mean())
